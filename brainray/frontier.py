@@ -1,0 +1,1158 @@
+"""Scaling-law fits, compute-optimal allocation, Pareto fronts and per-axis effects.
+
+The loss law is Chinchilla's Approach 3 (Hoffmann et al. 2022, arXiv:2203.15556)::
+
+    L(N, D) = E + A / N**alpha + B / D**beta
+
+fitted as in the Epoch AI replication (Besiroglu et al. 2024, arXiv:2404.10102): the
+summed Huber loss (delta = 1e-3) of the log residuals ``log L_pred - log y``. The fit is
+done by variable projection (Czech et al. 2026, arXiv:2603.22339): for every point of a
+grid over (alpha, beta) the linear coefficients (E, A, B) come from a non-negative least
+squares fit of the relative residuals; the best few grid points (local minima of the
+Huber objective over the grid) start an L-BFGS-B refinement of all five parameters.
+Uncertainty comes from a bootstrap with a full re-fit per resample (rows, or groups such
+as seeds). Warm-started resamples under-cover badly (reference notes, scaling-laws.md §9.1).
+
+Brain scores are bounded by a noise ceiling c, so they are fitted as the gap to the
+ceiling, ``e = 1 - r / c = E + A / N**alpha + B / D**beta`` (``form="ceiling_gap"``).
+The compute-optimal allocation has the same closed form for both forms.
+
+References: scaling-laws.md (reference notes) §0-§7; DESIGN.md "Frontier analysis".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+__all__ = [
+    "LawFit",
+    "fit_law",
+    "pareto_front",
+    "allocation_discrete",
+    "axis_effects",
+    "dtype_comparison",
+    "analyze",
+    "analysis_to_dict",
+    "simulate_trials",
+    "FORMS",
+    "AXES",
+    "PAPER_DTYPE",
+    "MIN_TRIALS",
+]
+
+FORMS = ("chinchilla", "ceiling_gap")
+AXES = ("n_embd", "n_layer", "n_head", "data_frames", "dtype")
+MIN_TRIALS = 5  # 5 free parameters; fewer rows cannot pin the law
+# Ahmadi et al. 2024: fp16 1.17x faster; mean max-r 0.548 (fp16) vs 0.547 (fp32).
+PAPER_DTYPE = {"speed_ratio": 1.17, "score_diff": 0.548 - 0.547}
+
+# Variable-projection grid over the exponents. 0.02..2.0 covers every published LM and
+# brain-score exponent we know of (0.07..0.8); the L-BFGS-B refinement leaves the grid.
+_ALPHA_GRID = np.linspace(0.02, 2.0, 45)
+_N_STARTS = 4  # refine this many local minima of the grid objective
+_LOG_BOUND = 60.0  # |log E|, |log A|, |log B| bound for L-BFGS-B
+_EXP_BOUNDS = (1e-4, 5.0)  # alpha, beta bounds for L-BFGS-B
+_GAP_FLOOR = 1e-4  # ceiling gaps below this (score at or above the ceiling) are clipped
+_PARAMS = ("E", "A", "B", "alpha", "beta")
+
+_REQUIRED_COLUMNS = ("status", "trial_id", "params_nonembed", "tokens", "train_flops",
+                     "val_loss", "brain_r_mean")
+_FIT_COLUMNS = ("params_nonembed", "tokens", "train_flops", "val_loss", "brain_r_mean")
+_MAXIMIZE = {"brain_r_mean": True, "brain_r_max": True, "brain_r_top10": True,
+             "ceiling_frac": True, "val_loss": False}
+
+
+# ---------------------------------------------------------------------------------------
+# The fitted law
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LawFit:
+    """A fitted law ``y = E + A / N**alpha + B / D**beta`` (or its ceiling-gap form).
+
+    For ``form="chinchilla"`` the law predicts y (e.g. validation loss) directly. For
+    ``form="ceiling_gap"`` it predicts the gap ``e = 1 - r / ceiling`` and
+    :meth:`predict` returns the score ``r = ceiling * (1 - e)``.
+
+    Attributes
+    ----------
+    E, A, B, alpha, beta : float
+        Law parameters (A, B, E >= 0).
+    form : {"chinchilla", "ceiling_gap"}
+        Which quantity the law describes.
+    objective : float
+        Summed Huber loss (delta) of the log residuals at the optimum.
+    n_used : int
+        Rows used by the fit.
+    ci : dict of str to (float, float)
+        95 % percentile bootstrap intervals for ``E, A, B, alpha, beta`` and the
+        allocation exponents ``a = beta / (alpha + beta)`` (N_opt ∝ C**a) and
+        ``b = alpha / (alpha + beta)`` (D_opt ∝ C**b). Empty without bootstrap.
+    delta : float
+        Huber threshold used.
+    ceiling : float or None
+        Noise ceiling used by ``ceiling_gap`` (the mean when given per row).
+    ceiling_estimated : bool
+        True when the ceiling was not given and was estimated (1.05 x the larger of
+        max(r) and the fitted asymptote of r).
+    n_clipped : int
+        Rows whose score reached the ceiling; their gap was clipped to 1e-4.
+    n_bootstrap, n_bootstrap_failed : int
+        Resamples asked for, and resamples whose re-fit failed (e.g. a single model size).
+    boot : ndarray of shape (n_ok, 5) or None
+        Bootstrap estimates of (E, A, B, alpha, beta), one row per successful resample.
+    converged : bool
+        Whether the best L-BFGS-B refinement reported convergence.
+    fit_seconds : float
+        Wall time of the point fit (bootstrap excluded).
+    """
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    form: str = "chinchilla"
+    objective: float = math.nan
+    n_used: int = 0
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    delta: float = 1e-3
+    ceiling: float | None = None
+    ceiling_estimated: bool = False
+    n_clipped: int = 0
+    n_bootstrap: int = 0
+    n_bootstrap_failed: int = 0
+    boot: np.ndarray | None = field(default=None, repr=False)
+    converged: bool = True
+    fit_seconds: float = math.nan
+
+    @property
+    def a(self) -> float:
+        """Allocation exponent of N_opt(C): ``beta / (alpha + beta)``."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def asymptote(self) -> float:
+        """Limit of the metric as N, D -> inf: E (loss) or ceiling (1 - E) (score)."""
+        return self.ceiling * (1.0 - self.E) if self.form == "ceiling_gap" else self.E
+
+    @property
+    def b(self) -> float:
+        """Allocation exponent of D_opt(C): ``alpha / (alpha + beta)``."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def law(self, N: Any, D: Any) -> np.ndarray:
+        """Value of ``E + A / N**alpha + B / D**beta`` (loss, or gap for ceiling_gap).
+
+        Parameters
+        ----------
+        N, D : array_like, broadcastable
+            Model size (parameters) and data size (tokens).
+
+        Returns
+        -------
+        ndarray of the broadcast shape
+        """
+        N = np.asarray(N, dtype=float)
+        D = np.asarray(D, dtype=float)
+        return self.E + self.A * N ** -self.alpha + self.B * D ** -self.beta
+
+    def predict(self, N: Any, D: Any, ceiling: Any = None) -> np.ndarray:
+        """Predicted metric: the loss (``chinchilla``) or the score r (``ceiling_gap``).
+
+        Parameters
+        ----------
+        N, D : array_like, broadcastable
+            Model size and data size.
+        ceiling : float or array_like, optional
+            Ceiling for ``ceiling_gap``; default the fitted one (:attr:`ceiling`).
+
+        Returns
+        -------
+        ndarray of the broadcast shape
+        """
+        value = self.law(N, D)
+        if self.form == "ceiling_gap":
+            c = self.ceiling if ceiling is None else np.asarray(ceiling, dtype=float)
+            return c * (1.0 - value)
+        return value
+
+    def allocation(self, C: Any, flops_per_param_token: float = 6.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Compute-optimal (N, D) under ``C = k * N * D`` (closed form).
+
+        ``G = (alpha A / (beta B))**(1 / (alpha + beta))``,
+        ``N_opt = G (C / k)**a`` and ``D_opt = (C / k)**b / G``, which minimises the law
+        (loss, or ceiling gap = maximises the score) subject to ``k N D = C``.
+
+        Parameters
+        ----------
+        C : float or array_like of shape (n_budgets,)
+            Compute budgets (FLOPs).
+        flops_per_param_token : float, default=6.0
+            k in ``C = k N D`` (6 for the usual 6ND approximation).
+
+        Returns
+        -------
+        N_opt, D_opt : ndarray of the shape of C
+            NaN when A or B is 0 (the law then has no interior optimum).
+        """
+        C = np.asarray(C, dtype=float)
+        if self.A <= 0 or self.B <= 0:
+            warnings.warn(
+                f"allocation: the fitted law has A={self.A:g}, B={self.B:g}; with a zero "
+                "term it has no interior optimum, so N_opt and D_opt are NaN. Add trials "
+                "that vary the missing axis.", RuntimeWarning, stacklevel=2)
+            nan = np.full_like(C, np.nan)
+            return nan, nan.copy()
+        s = self.alpha + self.beta
+        G = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / s)
+        x = C / flops_per_param_token
+        return G * x ** self.a, x ** self.b / G
+
+    def frontier(self, C: Any, flops_per_param_token: float = 6.0,
+                 level: float | None = None) -> Any:
+        """Predicted metric on the compute-optimal frontier, optionally with a band.
+
+        Parameters
+        ----------
+        C : array_like of shape (n_budgets,)
+            Compute budgets.
+        flops_per_param_token : float, default=6.0
+            k in ``C = k N D``.
+        level : float, optional
+            If given (e.g. 0.95) and bootstrap estimates exist, also return the
+            percentile band of the frontier over resamples.
+
+        Returns
+        -------
+        ndarray of shape (n_budgets,), or (value, lo, hi) when ``level`` is given
+            lo and hi are NaN when there is no bootstrap.
+        """
+        C = np.atleast_1d(np.asarray(C, dtype=float))
+        N, D = self.allocation(C, flops_per_param_token)
+        value = self.predict(N, D)
+        if level is None:
+            return value
+        if self.boot is None or len(self.boot) < 2:
+            nan = np.full_like(value, np.nan)
+            return value, nan, nan.copy()
+        curves = []
+        for row in self.boot:
+            f = LawFit(*row, form=self.form, ceiling=self.ceiling)
+            if f.A <= 0 or f.B <= 0:
+                continue
+            curves.append(f.predict(*f.allocation(C, flops_per_param_token)))
+        if len(curves) < 2:
+            nan = np.full_like(value, np.nan)
+            return value, nan, nan.copy()
+        q = 100 * (1 - level) / 2
+        lo, hi = np.nanpercentile(np.array(curves), [q, 100 - q], axis=0)
+        return value, lo, hi
+
+    def formula(self, digits: int = 4) -> str:
+        """The fitted law written out, e.g. ``L = 1.82 + 482/N^0.348 + 2085/D^0.366``."""
+        g = f"{{:.{digits}g}}"
+        body = (f"{g.format(self.E)} + {g.format(self.A)}/N^{g.format(self.alpha)}"
+                f" + {g.format(self.B)}/D^{g.format(self.beta)}")
+        if self.form == "ceiling_gap":
+            return f"1 - r/c = {body}   (c = {g.format(self.ceiling)})"
+        return f"L = {body}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no bootstrap samples, NaN written as None)."""
+        out: dict[str, Any] = {
+            "form": self.form,
+            "law": ("e = 1 - r/ceiling = E + A/N^alpha + B/D^beta"
+                    if self.form == "ceiling_gap" else "L = E + A/N^alpha + B/D^beta"),
+            "formula": self.formula(),
+            "E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
+            "a": self.a, "b": self.b, "asymptote": self.asymptote,
+            "objective": self.objective, "delta": self.delta, "n_used": self.n_used,
+            "converged": self.converged, "fit_seconds": self.fit_seconds,
+            "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
+            "ci_level": 0.95 if self.ci else None,
+            "ci": {k: [lo, hi] for k, (lo, hi) in self.ci.items()},
+        }
+        if self.form == "ceiling_gap":
+            out.update(ceiling=self.ceiling, ceiling_estimated=self.ceiling_estimated,
+                       ceiling_note=("estimated as 1.05 * max(max r, fitted asymptote "
+                                     "of r): the scores alone do not identify the "
+                                     "ceiling; exponents and allocation do not depend "
+                                     "on it, E, A and B do"
+                                     if self.ceiling_estimated else "given"),
+                       n_clipped=self.n_clipped)
+        return _jsonable(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------
+
+
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _objective(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logy: np.ndarray,
+               delta: float) -> tuple[float, np.ndarray]:
+    """Summed Huber loss / delta of log residuals, and its gradient.
+
+    theta = (log E, log A, log B, alpha, beta); the prediction is
+    ``logsumexp(log A - alpha log N, log B - beta log D, log E)`` as in Chinchilla.
+    Dividing by delta keeps the objective O(n) so L-BFGS-B's tolerances bite.
+    """
+    e, a, b, al, be = theta
+    t0 = a - al * logN
+    t1 = b - be * logD
+    t2 = np.full_like(logN, e)
+    m = np.maximum(np.maximum(t0, t1), t2)
+    w0, w1, w2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(t2 - m)
+    s = w0 + w1 + w2
+    r = m + np.log(s) - logy
+    f = _huber(r, delta).sum() / delta
+    g = np.clip(r, -delta, delta) / delta / s
+    grad = np.array([(g * w2).sum(), (g * w0).sum(), (g * w1).sum(),
+                     -(g * w0 * logN).sum(), -(g * w1 * logD).sum()])
+    return float(f), grad
+
+
+def _varpro_grid(N: np.ndarray, D: np.ndarray, y: np.ndarray, delta: float,
+                 grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NNLS of (E, A, B) on relative residuals for every (alpha, beta) of the grid.
+
+    Returns coefficients of shape (n_grid, n_grid, 3) and the summed Huber objective of
+    the log residuals of shape (n_grid, n_grid). The 3-column NNLS is solved exactly by
+    enumerating the 7 supports: the optimum is the feasible support solution with the
+    smallest residual.
+    """
+    g = grid
+    n = len(y)
+    X1 = np.exp(-np.outer(g, np.log(N)))  # (n_grid, n)   N**-alpha
+    X2 = np.exp(-np.outer(g, np.log(D)))  # (n_grid, n)   D**-beta
+    w = 1.0 / y
+    w2 = w * w
+    k = len(g)
+    # Gram matrix of columns (1/y, N^-a/y, D^-b/y) and right-hand side (target 1)
+    G = np.empty((k, k, 3, 3))
+    G[..., 0, 0] = w2.sum()
+    G[..., 0, 1] = G[..., 1, 0] = (X1 @ w2)[:, None]
+    G[..., 1, 1] = ((X1 * X1) @ w2)[:, None]
+    G[..., 0, 2] = G[..., 2, 0] = (X2 @ w2)[None, :]
+    G[..., 2, 2] = ((X2 * X2) @ w2)[None, :]
+    G[..., 1, 2] = G[..., 2, 1] = (X1 * w2) @ X2.T
+    h = np.empty((k, k, 3))
+    h[..., 0] = w.sum()
+    h[..., 1] = (X1 @ w)[:, None]
+    h[..., 2] = (X2 @ w)[None, :]
+    # normalise columns for conditioning
+    sc = np.sqrt(np.einsum("...ii->...i", G))
+    Gn = G / (sc[..., :, None] * sc[..., None, :])
+    hn = h / sc
+    best_sse = np.full((k, k), np.inf)
+    best = np.zeros((k, k, 3))
+    for support in ((0, 1, 2), (0, 1), (0, 2), (1, 2), (0,), (1,), (2,)):
+        idx = np.array(support)
+        Gs = Gn[..., idx[:, None], idx[None, :]] + 1e-12 * np.eye(len(idx))
+        x = np.linalg.solve(Gs, hn[..., idx][..., None])[..., 0]
+        sse = n - (x * hn[..., idx]).sum(-1)
+        ok = np.all(x >= 0, axis=-1) & (sse < best_sse)
+        best_sse = np.where(ok, sse, best_sse)
+        full = np.zeros((k, k, 3))
+        full[..., idx] = x
+        best = np.where(ok[..., None], full, best)
+    coef = best / sc
+    pred = (coef[..., 0:1] + coef[..., 1:2] * X1[:, None, :]
+            + coef[..., 2:3] * X2[None, :, :])  # (k, k, n)
+    r = np.log(np.maximum(pred, 1e-300)) - np.log(y)
+    obj = _huber(r, delta).sum(-1)
+    return coef, obj
+
+
+def _local_minima(obj: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """Indices of the n best local minima (8-neighbourhood) of a 2-D array."""
+    p = np.pad(obj, 1, constant_values=np.inf)
+    k0, k1 = obj.shape
+    is_min = np.ones_like(obj, dtype=bool)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di or dj:
+                is_min &= obj <= p[1 + di:1 + di + k0, 1 + dj:1 + dj + k1]
+    cand = np.argwhere(is_min)
+    order = np.argsort(obj[is_min])
+    picked = [tuple(c) for c in cand[order[:n]]]
+    if not picked:  # flat objective: fall back to the global minimum
+        picked = [np.unravel_index(np.argmin(obj), obj.shape)]
+    return picked
+
+
+def _fit_core(N: np.ndarray, D: np.ndarray, y: np.ndarray, delta: float,
+              n_starts: int = _N_STARTS) -> tuple[np.ndarray, float, bool]:
+    """VarPro grid + L-BFGS-B refinement. Returns (E, A, B, alpha, beta), objective, ok."""
+    logN, logD, logy = np.log(N), np.log(D), np.log(y)
+    coef, obj = _varpro_grid(N, D, y, delta, _ALPHA_GRID)
+    floor = 1e-12 * float(np.min(y))
+    bounds = [(-_LOG_BOUND, _LOG_BOUND)] * 3 + [_EXP_BOUNDS] * 2
+    best_theta, best_f, best_ok = None, np.inf, False
+    for i, j in _local_minima(obj, n_starts):
+        E, A, B = np.maximum(coef[i, j], floor)
+        x0 = np.array([np.log(E), np.log(A), np.log(B), _ALPHA_GRID[i], _ALPHA_GRID[j]])
+        x0[:3] = np.clip(x0[:3], -_LOG_BOUND, _LOG_BOUND)
+        res = optimize.minimize(_objective, x0, args=(logN, logD, logy, delta), jac=True,
+                                method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": 2000})
+        if res.fun < best_f:
+            best_theta, best_f, best_ok = res.x, float(res.fun), bool(res.success)
+    e, a, b, al, be = best_theta
+    params = np.array([np.exp(e), np.exp(a), np.exp(b), al, be])
+    params[:3][params[:3] <= floor * 1.0000001] = 0.0  # report pinned terms as zero
+    return params, best_f * delta, best_ok
+
+
+def _check_inputs(N: Any, D: Any, y: Any, form: str) -> tuple[np.ndarray, ...]:
+    if form not in FORMS:
+        raise ValueError(f"fit_law: 'form' must be one of {FORMS}; got {form!r}.")
+    N = np.asarray(N, dtype=float).ravel()
+    D = np.asarray(D, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if not (len(N) == len(D) == len(y)):
+        raise ValueError(f"fit_law: N, D and y must have the same length; got "
+                         f"{len(N)}, {len(D)} and {len(y)}.")
+    for name, v in (("N", N), ("D", D), ("y", y)):
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise ValueError(f"fit_law: {name} has {int(bad.sum())} NaN or infinite "
+                             f"value(s) (first at row {int(np.argmax(bad))}); drop those "
+                             "rows first (analyze() does this and lists them).")
+    for name, v in (("N", N), ("D", D)):
+        if np.any(v <= 0):
+            raise ValueError(f"fit_law: {name} must be > 0; got {v[v <= 0][0]!r} at row "
+                             f"{int(np.argmax(v <= 0))}.")
+    if len(y) < MIN_TRIALS:
+        raise ValueError(f"fit_law: {len(y)} rows; the law has 5 parameters and needs at "
+                         f"least {MIN_TRIALS} rows. Run more trials.")
+    for name, v in (("N", N), ("D", D)):
+        if np.unique(v).size < 2:
+            raise ValueError(f"fit_law: every row has the same {name} ({v[0]:g}); the law "
+                             f"needs at least 2 distinct values of {name} to separate its "
+                             "terms. Add trials at other "
+                             f"{'model sizes' if name == 'N' else 'data sizes'}.")
+    return N, D, y
+
+
+def _estimate_ceiling(N: np.ndarray, D: np.ndarray, r: np.ndarray, delta: float) -> float:
+    """1.05 x the larger of max(r) and the fitted asymptote of r.
+
+    The scores alone do not identify the ceiling c: for any c >= s_inf (the asymptote of
+    r = s_inf - A' N^-alpha - B' D^-beta) the gap law is exact with the same exponents.
+    But 1.05 max(r) alone can sit below s_inf when the sweep is far from saturation, and
+    the gap law would then need E < 0. So s_inf is fitted first, as the Chinchilla law of
+    K - r with K = max(2, 3 max|r|) (so that K - s_inf = E >= 0), and the ceiling is set
+    5 % above the larger of the two; Pearson r cannot exceed 1, so it is capped there.
+    """
+    K = max(2.0, 3.0 * float(np.max(np.abs(r))))
+    params, _, _ = _fit_core(N, D, K - r, delta)
+    s_inf = K - params[0]
+    c = 1.05 * max(float(np.max(r)), s_inf)
+    return min(c, 1.0) if np.max(r) < 1.0 / 1.05 else c
+
+
+def _gap(N: np.ndarray, D: np.ndarray, y: np.ndarray, ceiling: Any, delta: float
+         ) -> tuple[np.ndarray, np.ndarray, bool, int]:
+    """Ceiling gap e = 1 - r/c, the ceiling per row, whether estimated, rows clipped."""
+    estimated = ceiling is None
+    if estimated:
+        top = float(np.max(y))
+        if top <= 0:
+            raise ValueError(f"fit_law: form='ceiling_gap' with no ceiling, but every "
+                             f"score is <= 0 (max {top:g}); pass ceiling= (the noise "
+                             "ceiling) or check the brain scores.")
+        c = np.full_like(y, _estimate_ceiling(N, D, y, delta))
+    else:
+        c = np.broadcast_to(np.asarray(ceiling, dtype=float), y.shape).astype(float)
+        if not np.all(np.isfinite(c)) or np.any(c <= 0):
+            raise ValueError(f"fit_law: 'ceiling' must be finite and > 0; got "
+                             f"{c[~(np.isfinite(c) & (c > 0))][0]!r}.")
+    e = 1.0 - y / c
+    clipped = e < _GAP_FLOOR
+    return np.maximum(e, _GAP_FLOOR), c, estimated, int(clipped.sum())
+
+
+def fit_law(N: Any, D: Any, y: Any, form: str = "chinchilla", delta: float = 1e-3,
+            bootstrap: int = 0, seed: int = 0, ceiling: Any = None,
+            groups: Any = None) -> LawFit:
+    r"""Fit ``y = E + A / N**alpha + B / D**beta`` by Huber regression on log residuals.
+
+    Minimises over (E, A, B >= 0, alpha, beta)
+
+    .. math:: \sum_i \mathrm{Huber}_\delta\big(\log(E + A N_i^{-\alpha} + B D_i^{-\beta})
+              - \log y_i\big)
+
+    by variable projection (grid over alpha, beta in [0.02, 2]; exact 3-column NNLS for
+    E, A, B on relative residuals; L-BFGS-B refinement of all five parameters from the
+    4 best local minima of the grid).
+
+    Parameters
+    ----------
+    N : array_like of shape (n_trials,)
+        Model sizes (parameters, > 0).
+    D : array_like of shape (n_trials,)
+        Data sizes (tokens, > 0).
+    y : array_like of shape (n_trials,)
+        Loss (``chinchilla``, > 0) or brain score r (``ceiling_gap``).
+    form : {"chinchilla", "ceiling_gap"}, default="chinchilla"
+        ``ceiling_gap`` fits ``e = 1 - r / ceiling`` with the same law.
+    delta : float, default=1e-3
+        Huber threshold on log residuals.
+    bootstrap : int, default=0
+        Number of bootstrap resamples, each with a full re-fit; gives :attr:`LawFit.ci`.
+    seed : int, default=0
+        Seed of the bootstrap.
+    ceiling : float or array_like of shape (n_trials,), optional
+        Noise ceiling for ``ceiling_gap``. If None it is estimated as 1.05 x the larger
+        of max(r) and the fitted asymptote of r, and the fit says so
+        (``ceiling_estimated``); exponents and allocation do not depend on it. Scores at or above the ceiling get
+        a gap of 1e-4 and are counted in ``n_clipped``.
+    groups : array_like of shape (n_trials,), optional
+        Cluster labels (e.g. seeds) for the bootstrap: whole groups are resampled.
+
+    Returns
+    -------
+    LawFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> N, D = np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e8, 1e11, 6))
+    >>> y = 1.8 + 480 / N ** 0.35 + 2000 / D ** 0.37
+    >>> fit = fit_law(N.ravel(), D.ravel(), y.ravel())
+    >>> round(fit.alpha, 3), round(fit.beta, 3)
+    (0.35, 0.37)
+    """
+    N, D, y = _check_inputs(N, D, y, form)
+    if not delta > 0:
+        raise ValueError(f"fit_law: 'delta' must be > 0; got {delta!r}.")
+    if bootstrap < 0:
+        raise ValueError(f"fit_law: 'bootstrap' must be >= 0; got {bootstrap!r}.")
+    ceil_value, estimated, n_clipped = None, False, 0
+    if form == "ceiling_gap":
+        target, c, estimated, n_clipped = _gap(N, D, y, ceiling, delta)
+        ceil_value = float(np.mean(c))
+    else:
+        if np.any(y <= 0):
+            raise ValueError(f"fit_law: form='chinchilla' needs y > 0 (it is fitted on "
+                             f"log y); got {y[y <= 0][0]!r} at row "
+                             f"{int(np.argmax(y <= 0))}. For scores use "
+                             "form='ceiling_gap'.")
+        target = y
+    if groups is not None:
+        groups = np.asarray(groups).ravel()
+        if len(groups) != len(y):
+            raise ValueError(f"fit_law: 'groups' must have one label per row; got "
+                             f"{len(groups)} labels for {len(y)} rows.")
+    t0 = time.perf_counter()
+    params, obj, ok = _fit_core(N, D, target, delta)
+    fit_s = time.perf_counter() - t0
+    fit = LawFit(*map(float, params), form=form, objective=obj, n_used=len(y),
+                 delta=delta, ceiling=ceil_value, ceiling_estimated=estimated,
+                 n_clipped=n_clipped, converged=ok, fit_seconds=fit_s)
+    if bootstrap:
+        boot, failed = _bootstrap(N, D, target, delta, bootstrap, seed, groups)
+        fit.n_bootstrap, fit.n_bootstrap_failed = bootstrap, failed
+        if len(boot) >= 2:
+            fit.boot = boot
+            fit.ci = _percentile_ci(boot)
+    return fit
+
+
+def _bootstrap(N: np.ndarray, D: np.ndarray, y: np.ndarray, delta: float, n_boot: int,
+               seed: int, groups: np.ndarray | None) -> tuple[np.ndarray, int]:
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        members = [np.array([i]) for i in range(len(y))]
+    else:
+        _, inv = np.unique(groups, return_inverse=True)
+        members = [np.flatnonzero(inv == g) for g in range(inv.max() + 1)]
+    out, failed = [], 0
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[p] for p in pick])
+        if np.unique(N[idx]).size < 2 or np.unique(D[idx]).size < 2:
+            failed += 1
+            continue
+        try:
+            params, _, _ = _fit_core(N[idx], D[idx], y[idx], delta)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            failed += 1
+            continue
+        out.append(params)
+    return np.array(out).reshape(-1, 5), failed
+
+
+def _percentile_ci(boot: np.ndarray, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    q = 100 * (1 - level) / 2
+    al, be = boot[:, 3], boot[:, 4]
+    cols = dict(zip(_PARAMS, boot.T))
+    cols["a"] = be / (al + be)
+    cols["b"] = al / (al + be)
+    return {k: (float(np.percentile(v, q)), float(np.percentile(v, 100 - q)))
+            for k, v in cols.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Fronts, allocation, effects
+# ---------------------------------------------------------------------------------------
+
+
+def pareto_front(cost: Any, y: Any, minimize: bool = True) -> np.ndarray:
+    """Mask of the Pareto-optimal points: no other point is cheaper and at least as good.
+
+    A point is on the front when every point with lower or equal cost has a worse y
+    (strictly; ties in both cost and y keep both points). NaN rows are never on it.
+
+    Parameters
+    ----------
+    cost : array_like of shape (n,)
+        Cost (training FLOPs, GPU-hours); lower is better.
+    y : array_like of shape (n,)
+        Metric; lower is better when ``minimize`` (loss), higher otherwise (score).
+    minimize : bool, default=True
+        Direction of y.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+    """
+    cost = np.asarray(cost, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if cost.shape != y.shape:
+        raise ValueError(f"pareto_front: cost and y must have the same length; got "
+                         f"{cost.size} and {y.size}.")
+    v = y if minimize else -y
+    mask = np.zeros(cost.size, dtype=bool)
+    ok = np.flatnonzero(np.isfinite(cost) & np.isfinite(v))
+    order = ok[np.lexsort((v[ok], cost[ok]))]
+    best = np.inf
+    i = 0
+    while i < order.size:  # walk groups of equal cost
+        j = i
+        while j < order.size and cost[order[j]] == cost[order[i]]:
+            j += 1
+        group = order[i:j]
+        gmin = v[group].min()
+        if gmin < best:
+            mask[group[v[group] == gmin]] = True
+            best = gmin
+        i = j
+    return mask
+
+
+def _config_keys(df: pd.DataFrame) -> list[str]:
+    return [a for a in AXES if a in df.columns]
+
+
+def _metric_fit(df: pd.DataFrame, metric: str, bootstrap: int = 0, seed: int = 0
+                ) -> LawFit:
+    """Fit the law of ``metric`` on a usable trial table (loss: chinchilla; score: gap)."""
+    N = df["params_nonembed"].to_numpy(float)
+    D = df["tokens"].to_numpy(float)
+    y = df[metric].to_numpy(float)
+    if _MAXIMIZE.get(metric, False):
+        if metric == "ceiling_frac":
+            ceiling = 1.0
+        elif metric == "brain_r_mean" and "ceiling" in df.columns \
+                and df["ceiling"].notna().all():
+            ceiling = df["ceiling"].to_numpy(float)
+        else:
+            ceiling = None
+        return fit_law(N, D, y, form="ceiling_gap", ceiling=ceiling, bootstrap=bootstrap,
+                       seed=seed)
+    return fit_law(N, D, y, form="chinchilla", bootstrap=bootstrap, seed=seed)
+
+
+def _cost_per_token(df: pd.DataFrame) -> np.ndarray:
+    if "flops_per_token" in df.columns and df["flops_per_token"].notna().all():
+        return df["flops_per_token"].to_numpy(float)
+    return df["train_flops"].to_numpy(float) / df["tokens"].to_numpy(float)
+
+
+def allocation_discrete(trials_df: pd.DataFrame, budgets: Any, metric: str = "val_loss",
+                        fit: LawFit | None = None) -> pd.DataFrame:
+    """Best configuration actually run within each compute budget, by the fitted law.
+
+    For each budget C, the candidates are the configurations of the trial log (rows
+    averaged over seeds) whose true cost ``tokens * flops_per_token`` is <= C; the pick is
+    the one with the best *predicted* metric (the law smooths seed noise). The "fill"
+    columns give, over the model architectures run, the best one when its data is scaled
+    to use the whole budget (D = C / flops_per_token), i.e. the law's advice beyond the
+    grid's data sizes.
+
+    Parameters
+    ----------
+    trials_df : DataFrame
+        Usable trials, with ``params_nonembed, tokens, train_flops`` (or
+        ``flops_per_token``), ``metric`` and the axis columns present.
+    budgets : array_like of shape (n_budgets,)
+        Compute budgets in FLOPs.
+    metric : str, default="val_loss"
+        ``val_loss`` (minimised) or a brain score (maximised, ceiling-gap law).
+    fit : LawFit, optional
+        Law to use; fitted here when None.
+
+    Returns
+    -------
+    DataFrame with one row per budget: ``budget, n_candidates``, the axis columns of the
+    pick, ``N, D, cost, predicted, observed`` (seed mean), and ``fill_n_embd,
+    fill_n_layer, fill_N, fill_D, fill_predicted``.
+    """
+    if metric not in trials_df.columns:
+        raise ValueError(f"allocation_discrete: metric {metric!r} is not a column of the "
+                         f"trial table; columns are {list(trials_df.columns)}.")
+    if fit is None:
+        fit = _metric_fit(trials_df, metric)
+    maximize = _MAXIMIZE.get(metric, False)
+    keys = _config_keys(trials_df)
+    df = trials_df.assign(_cpt=_cost_per_token(trials_df))
+    by = keys or ["params_nonembed", "tokens"]
+    cfg = (df.groupby(by, dropna=False, sort=True)
+           .agg(N=("params_nonembed", "mean"), D=("tokens", "mean"), cpt=("_cpt", "mean"),
+                observed=(metric, "mean"))
+           .reset_index())
+    cfg["cost"] = cfg["D"] * cfg["cpt"]
+    cfg["predicted"] = fit.predict(cfg["N"].to_numpy(), cfg["D"].to_numpy())
+    arch_keys = [k for k in ("n_embd", "n_layer") if k in cfg.columns] or ["N"]
+    arch = cfg.groupby(arch_keys).agg(N=("N", "mean"), cpt=("cpt", "mean")).reset_index()
+    rows = []
+    for C in np.atleast_1d(np.asarray(budgets, dtype=float)):
+        row: dict[str, Any] = {"budget": C}
+        cand = cfg[cfg["cost"] <= C]
+        row["n_candidates"] = len(cand)
+        if len(cand):
+            k = cand["predicted"].idxmax() if maximize else cand["predicted"].idxmin()
+            pick = cand.loc[k]
+            for col in keys + ["N", "D", "cost", "predicted", "observed"]:
+                row[col] = pick[col]
+        fill_D = C / arch["cpt"].to_numpy()
+        fill_pred = fit.predict(arch["N"].to_numpy(), fill_D)
+        kk = int(np.argmax(fill_pred) if maximize else np.argmin(fill_pred))
+        for col in ("n_embd", "n_layer"):
+            if col in arch.columns:
+                row[f"fill_{col}"] = arch[col].iloc[kk]
+        row.update(fill_N=arch["N"].iloc[kk], fill_D=fill_D[kk],
+                   fill_predicted=fill_pred[kk])
+        rows.append(row)
+    cols = (["budget", "n_candidates"] + keys + ["N", "D", "cost", "predicted", "observed",
+                                                 "fill_n_embd", "fill_n_layer", "fill_N",
+                                                 "fill_D", "fill_predicted"])
+    out = pd.DataFrame(rows)
+    return out.reindex(columns=[c for c in cols if c in out.columns or c in
+                                ("N", "D", "cost", "predicted", "observed")])
+
+
+def _mode(s: pd.Series) -> Any:
+    """Most common value; ties go to the largest value (the reference is usually big)."""
+    counts = s.value_counts(dropna=True)
+    top = counts[counts == counts.max()].index
+    try:
+        return max(top)
+    except TypeError:
+        return top[0]
+
+
+def _mean_ci(v: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    m = float(v.mean())
+    if n < 2:
+        return m, math.nan, math.nan, math.nan
+    se = float(v.std(ddof=1) / math.sqrt(n))
+    t = float(stats.t.ppf(0.5 + level / 2, n - 1))
+    return m, m - t * se, m + t * se, se
+
+
+def axis_effects(trials_df: pd.DataFrame, metric: str,
+                 axes: Sequence[str] = AXES, reference: dict[str, Any] | None = None
+                 ) -> pd.DataFrame:
+    """Mean metric per value of each axis, other axes held at the reference config.
+
+    For axis X the rows used are those whose other axes equal the reference config (by
+    default the most common value of each axis; ties go to the largest value). When that
+    leaves fewer than 2 values of X, all rows are used (a marginal mean) and ``held`` says
+    so. CIs are t-based 95 % intervals over trials (seeds and any unheld axes).
+
+    Parameters
+    ----------
+    trials_df : DataFrame
+        Usable trials with ``metric`` and the axis columns.
+    metric : str
+        Column to summarise (e.g. ``brain_r_mean``, ``val_loss``).
+    axes : sequence of str, default=AXES
+        Axis columns; those missing from the table are skipped.
+    reference : dict, optional
+        Reference value per axis, overriding the most common value.
+
+    Returns
+    -------
+    DataFrame with columns ``axis, value, n, mean, ci_lo, ci_hi, se, held, reference``.
+    """
+    if metric not in trials_df.columns:
+        raise ValueError(f"axis_effects: metric {metric!r} is not a column of the trial "
+                         f"table; columns are {list(trials_df.columns)}.")
+    axes = [a for a in axes if a in trials_df.columns]
+    ref = {a: _mode(trials_df[a]) for a in axes if trials_df[a].notna().any()}
+    ref.update(reference or {})
+    rows = []
+    for ax in axes:
+        others = [o for o in axes if o != ax and o in ref]
+        sel = np.ones(len(trials_df), dtype=bool)
+        for o in others:
+            sel &= (trials_df[o] == ref[o]).to_numpy()
+        sub, held = trials_df[sel], "reference"
+        if sub[ax].nunique() < 2:
+            sub, held = trials_df, "marginal"
+        ref_txt = ", ".join(f"{o}={ref[o]}" for o in others) if held == "reference" \
+            else "all rows (too few at the reference config)"
+        for val, g in sub.groupby(ax, sort=True):
+            m, lo, hi, se = _mean_ci(g[metric].to_numpy(float))
+            rows.append(dict(axis=ax, value=val, n=len(g), mean=m, ci_lo=lo, ci_hi=hi,
+                             se=se, held=held, reference=ref_txt))
+    return pd.DataFrame(rows, columns=["axis", "value", "n", "mean", "ci_lo", "ci_hi",
+                                       "se", "held", "reference"])
+
+
+def dtype_comparison(trials_df: pd.DataFrame, baseline: str = "fp32") -> pd.DataFrame:
+    """Speed ratio and score difference of half precision vs fp32 at matched configs.
+
+    Configs are matched on ``n_embd, n_layer, n_head, data_frames`` (and ``seed`` when
+    both dtypes share seeds, else seed means are compared). The speed ratio is the
+    geometric mean over matched configs of ``tokens_per_s(half) / tokens_per_s(fp32)``;
+    score differences are arithmetic means of ``half - fp32``. The paper's numbers
+    (Ahmadi et al. 2024: fp16 1.17x faster, max-r 0.548 vs 0.547) sit beside ours.
+
+    Parameters
+    ----------
+    trials_df : DataFrame
+        Usable trials with ``dtype`` and ``tokens_per_s``.
+    baseline : str, default="fp32"
+        The reference dtype.
+
+    Returns
+    -------
+    DataFrame with one row per non-baseline dtype: ``dtype, n_matched, speed_ratio,
+    speed_ratio_min, speed_ratio_max, brain_r_max_diff, brain_r_mean_diff,
+    val_loss_diff, paper_speed_ratio, paper_score_diff``. Empty when nothing matches.
+    """
+    cols = ["dtype", "n_matched", "speed_ratio", "speed_ratio_min", "speed_ratio_max",
+            "brain_r_max_diff", "brain_r_mean_diff", "val_loss_diff",
+            "paper_speed_ratio", "paper_score_diff"]
+    if "dtype" not in trials_df.columns or "tokens_per_s" not in trials_df.columns:
+        return pd.DataFrame(columns=cols)
+    keys = [k for k in ("n_embd", "n_layer", "n_head", "data_frames") if k in trials_df]
+    metrics = [m for m in ("tokens_per_s", "brain_r_max", "brain_r_mean", "val_loss")
+               if m in trials_df.columns]
+    mean = trials_df.groupby(keys + ["dtype"], dropna=False)[metrics].mean().reset_index()
+    base = mean[mean["dtype"] == baseline]
+    rows = []
+    for dt in sorted(set(mean["dtype"]) - {baseline}):
+        m = mean[mean["dtype"] == dt].merge(base, on=keys, suffixes=("", "_base"))
+        ok = m[(m["tokens_per_s"] > 0) & (m["tokens_per_s_base"] > 0)]
+        if ok.empty:
+            continue
+        ratio = ok["tokens_per_s"] / ok["tokens_per_s_base"]
+        row = dict(dtype=dt, n_matched=len(ok),
+                   speed_ratio=float(np.exp(np.log(ratio).mean())),
+                   speed_ratio_min=float(ratio.min()), speed_ratio_max=float(ratio.max()))
+        for met in ("brain_r_max", "brain_r_mean", "val_loss"):
+            row[f"{met}_diff"] = float((ok[met] - ok[f"{met}_base"]).mean()) \
+                if met in ok.columns else math.nan
+        row.update(paper_speed_ratio=PAPER_DTYPE["speed_ratio"],
+                   paper_score_diff=round(PAPER_DTYPE["score_diff"], 6))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------------------------------
+# The whole analysis
+# ---------------------------------------------------------------------------------------
+
+
+def _split_usable(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Usable rows, and a table (trial_id, status, reason) of the rows left out."""
+    missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"analyze: the trial table lacks column(s) {missing}; it has "
+                         f"{list(df.columns)}. Read it with brainray.triallog.")
+    reasons = []
+    keep = np.ones(len(df), dtype=bool)
+    for i, (_, row) in enumerate(df.iterrows()):
+        why = []
+        if row["status"] != "TERMINATED":
+            err = row.get("error", None)
+            err = "" if err is None or (isinstance(err, float) and math.isnan(err)) \
+                else f": {str(err).strip().splitlines()[-1][:160]}" if str(err).strip() \
+                else ""
+            why.append(f"status {row['status']}{err}")
+        else:
+            nan = [c for c in _FIT_COLUMNS if not np.isfinite(_as_float(row[c]))]
+            if nan:
+                why.append("NaN " + ", ".join(nan))
+            bad = [c for c in ("params_nonembed", "tokens", "train_flops", "val_loss")
+                   if c not in nan and _as_float(row[c]) <= 0]
+            if bad:
+                why.append("non-positive " + ", ".join(bad))
+        if why:
+            keep[i] = False
+            reasons.append(dict(trial_id=row["trial_id"], status=row["status"],
+                                reason="; ".join(why)))
+    left = pd.DataFrame(reasons, columns=["trial_id", "status", "reason"])
+    return df[keep].reset_index(drop=True), left
+
+
+def _as_float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _check_fit_axes(df: pd.DataFrame) -> None:
+    if len(df) < MIN_TRIALS:
+        raise ValueError(f"analyze: only {len(df)} usable trial(s); a scaling-law fit "
+                         f"needs at least {MIN_TRIALS}. Run a larger sweep (the smoke "
+                         "preset is too small to fit a law; write_report still writes "
+                         "plots and tables).")
+    for col, axes in (("params_nonembed", "n_embd or n_layer"), ("tokens", "data_frames")):
+        vals = df[col].unique()
+        if len(vals) < 2:
+            raise ValueError(f"analyze: all {len(df)} usable trials have the same {col} "
+                             f"({vals[0]:g}); the law needs at least 2 values. Sweep more "
+                             f"than one value of {axes}.")
+
+
+def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
+            seed: int = 0, strict: bool = True) -> dict[str, Any]:
+    """Run the frontier analysis on a trial log.
+
+    Leaves out failed trials (status other than TERMINATED) and rows with NaN or
+    non-positive values in ``params_nonembed, tokens, train_flops, val_loss,
+    brain_r_mean`` (listed with reasons), then fits the loss law (N = params_nonembed,
+    D = tokens) and the brain ceiling-gap law (ceiling: the ``ceiling`` column when
+    present, else estimated), finds Pareto fronts, per-axis effects, the dtype
+    comparison and the compute-optimal allocation at several budgets.
+
+    Parameters
+    ----------
+    trials_df : DataFrame
+        The trial log (one row per trial; see DESIGN.md for the columns).
+    budgets : array_like, optional
+        Compute budgets (FLOPs) for the allocation table; default 5 log-spaced budgets
+        from the smallest to the largest ``train_flops`` run, plus 10x the largest.
+    bootstrap : int, default=200
+        Bootstrap resamples for the CIs of each fit.
+    seed : int, default=0
+        Bootstrap seed.
+    strict : bool, default=True
+        If True, too few usable trials (< 5) or a single value of N or D raises
+        ValueError. If False these are recorded in ``fit_errors`` and the rest of the
+        analysis (fronts, effects, tables) is still done, as the report needs.
+
+    Returns
+    -------
+    dict with keys
+        ``n_trials, n_usable`` (int); ``usable`` (DataFrame); ``left_out`` (DataFrame:
+        trial_id, status, reason); ``fits`` (dict metric -> LawFit or None);
+        ``fit_errors`` (dict metric -> message); ``fronts`` (dict name -> {cost, metric,
+        minimize, trial_ids}); ``effects`` (dict metric -> DataFrame); ``dtype``
+        (DataFrame); ``budgets`` (ndarray); ``flops_per_param_token`` (float, median of
+        train_flops / (N D), used by the closed-form allocation); ``allocation``
+        (DataFrame, one row per budget and metric).
+
+    Raises
+    ------
+    ValueError
+        Missing columns; with ``strict``, too few usable trials or a single N or D.
+    """
+    if not isinstance(trials_df, pd.DataFrame):
+        raise TypeError(f"analyze: trials_df must be a pandas DataFrame; got "
+                        f"{type(trials_df).__name__}.")
+    usable, left_out = _split_usable(trials_df)
+    out: dict[str, Any] = dict(n_trials=len(trials_df), n_usable=len(usable),
+                               usable=usable, left_out=left_out, fits={}, fit_errors={})
+    try:
+        _check_fit_axes(usable)
+        fit_error = None
+    except ValueError as err:
+        if strict:
+            raise
+        fit_error = str(err)
+    for metric in ("val_loss", "brain_r_mean"):
+        out["fits"][metric] = None
+        if fit_error is not None:
+            out["fit_errors"][metric] = fit_error
+            continue
+        try:
+            out["fits"][metric] = _metric_fit(usable, metric, bootstrap=bootstrap, seed=seed)
+        except ValueError as err:
+            if strict:
+                raise
+            out["fit_errors"][metric] = str(err)
+
+    fronts = {}
+    for metric, minimize in (("val_loss", True), ("brain_r_mean", False)):
+        for cost in ("train_flops", "gpu_hours"):
+            if cost in usable.columns and len(usable):
+                mask = pareto_front(usable[cost], usable[metric], minimize=minimize)
+                fronts[f"{metric}_vs_{cost}"] = dict(
+                    cost=cost, metric=metric, minimize=minimize,
+                    trial_ids=usable.loc[mask, "trial_id"].tolist())
+    out["fronts"] = fronts
+    out["effects"] = {m: axis_effects(usable, m) for m in ("val_loss", "brain_r_mean")}
+    out["dtype"] = dtype_comparison(usable)
+
+    if len(usable):
+        ratio = usable["train_flops"] / (usable["params_nonembed"] * usable["tokens"])
+        k = float(np.median(ratio))
+        if budgets is None:
+            lo, hi = usable["train_flops"].min(), usable["train_flops"].max()
+            budgets = np.append(np.geomspace(lo, hi, 5) if hi > lo else [lo], 10 * hi)
+    else:
+        k = math.nan
+        budgets = np.array([]) if budgets is None else budgets
+    out["flops_per_param_token"] = k
+    out["budgets"] = np.atleast_1d(np.asarray(budgets, dtype=float))
+    tables = []
+    for metric, fit in out["fits"].items():
+        if fit is None:
+            continue
+        t = allocation_discrete(usable, out["budgets"], metric=metric, fit=fit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            n_opt, d_opt = fit.allocation(out["budgets"], flops_per_param_token=k)
+        t.insert(1, "metric", metric)
+        t.insert(2, "N_opt", n_opt)
+        t.insert(3, "D_opt", d_opt)
+        t.insert(4, "predicted_opt", fit.predict(n_opt, d_opt))
+        tables.append(t)
+    out["allocation"] = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["budget", "metric", "N_opt", "D_opt", "predicted_opt"])
+    return out
+
+
+def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
+    """JSON-serialisable summary of :func:`analyze`'s result (NaN written as None)."""
+    return _jsonable({
+        "n_trials": analysis["n_trials"],
+        "n_usable": analysis["n_usable"],
+        "n_left_out": len(analysis["left_out"]),
+        "left_out": analysis["left_out"].to_dict(orient="records"),
+        "fits": {m: (f.to_dict() if f is not None else None)
+                 for m, f in analysis["fits"].items()},
+        "fit_errors": analysis["fit_errors"],
+        "flops_per_param_token": analysis["flops_per_param_token"],
+        "flops_per_param_token_note": ("median train_flops / (params_nonembed * tokens); "
+                                       "used only by the closed-form N_opt, D_opt"),
+        "budgets": list(analysis["budgets"]),
+        "allocation": analysis["allocation"].to_dict(orient="records"),
+        "fronts": analysis["fronts"],
+        "effects": {m: e.to_dict(orient="records") for m, e in analysis["effects"].items()},
+        "dtype": analysis["dtype"].to_dict(orient="records"),
+        "paper_dtype": PAPER_DTYPE,
+    })
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain-Python copy of x for json.dumps: numpy scalars unwrapped, NaN/inf -> None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_jsonable(v) for v in x.tolist()]
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (int, str)):
+        return x
+    if x is pd.NA or x is pd.NaT:
+        return None
+    return str(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Synthetic trial logs (tests, benchmarks, demos)
+# ---------------------------------------------------------------------------------------
+
+
+def simulate_trials(n_embd: Iterable[int] = (64, 128, 256, 512),
+                    n_layer: Iterable[int] = (2, 4, 8),
+                    data_frames: Iterable[int] = (10_000, 100_000, 1_000_000, 6_000_000),
+                    n_head: Iterable[int] = (4,), dtype: Iterable[str] = ("fp32",),
+                    seeds: Iterable[int] = (0,),
+                    loss_law: tuple[float, ...] = (2.0, 60.0, 400.0, 0.25, 0.40),
+                    brain_law: tuple[float, ...] = (0.25, 6.0, 35.0, 0.25, 0.30),
+                    ceiling: float = 0.6, loss_noise: float = 0.0, brain_noise: float = 0.0,
+                    tokens_per_frame: float = 4.0, vocab_size: int = 1024, n_ctx: int = 512,
+                    tokens_per_s_fp32: float = 1.5e5, half_speedup: float = 1.17,
+                    seed: int = 0) -> pd.DataFrame:
+    """A synthetic trial log drawn from known laws (full grid over the axes).
+
+    ``val_loss = E + A N^-alpha + B D^-beta`` times log-normal noise (sd ``loss_noise``)
+    and ``brain_r_mean = ceiling (1 - e)`` with ``e`` the gap law plus Gaussian noise
+    (sd ``brain_noise``, absolute r), with ``N = 12 n_layer n_embd**2`` and
+    ``D = tokens_per_frame * data_frames``. Training FLOPs per token follow the exact
+    GPT-2 count ``72 L d^2 + 6 d V + 12 L T d`` (reference notes §3.4).
+
+    Returns
+    -------
+    DataFrame with one row per (n_embd, n_layer, n_head, data_frames, dtype, seed) and
+    the trial-log columns used by :func:`analyze`.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    grid = [(d, L, h, f, dt, s) for d in n_embd for L in n_layer for h in n_head
+            for f in data_frames for dt in dtype for s in seeds]
+    for i, (d, L, h, f, dt, s) in enumerate(grid):
+        N = 12.0 * L * d * d
+        D = tokens_per_frame * f
+        fpt = 72.0 * L * d * d + 6.0 * d * vocab_size + 12.0 * L * n_ctx * d
+        E, A, B, al, be = loss_law
+        loss = (E + A * N ** -al + B * D ** -be) * math.exp(loss_noise * rng.standard_normal())
+        E, A, B, al, be = brain_law
+        r = ceiling * (1 - (E + A * N ** -al + B * D ** -be)) \
+            + brain_noise * rng.standard_normal()
+        tps = tokens_per_s_fp32 * (half_speedup if dt != "fp32" else 1.0) \
+            * math.exp(0.02 * rng.standard_normal())
+        rows.append(dict(
+            trial_id=f"t{i:04d}", status="TERMINATED", error=None, n_embd=d, n_layer=L,
+            n_head=h, data_frames=f, dtype=dt, seed=s, params_nonembed=N, tokens=D,
+            flops_per_token=fpt, train_flops=fpt * D, tokens_per_s=tps, wall_s=D / tps,
+            gpu_hours=D / tps / 3600.0, val_loss=loss, brain_r_mean=r,
+            brain_r_max=min(r * 1.6, 0.99), ceiling_frac=r / ceiling, ceiling=ceiling))
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover - quick look at the fixture fit
+    import sys
+
+    df = pd.read_csv(sys.argv[1])
+    df = df.sort_values("loss").iloc[:-5]
+    N = df["Model Size"].to_numpy()
+    fit = fit_law(N, df["Training FLOP"].to_numpy() / (6 * N), df["loss"].to_numpy())
+    print(json.dumps(fit.to_dict(), indent=1))

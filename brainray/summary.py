@@ -1,0 +1,108 @@
+"""Console views of a sweep: its cost before it runs, its answer after, and the report step."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainray import gpt, triallog
+from brainray.config import SweepSpec
+
+__all__ = ["dry_run_table", "final_summary", "run_frontier", "best_per_budget"]
+
+# Throughput assumed for --dry-run GPU-hour estimates: 40% MFU on an H100 (the target of
+# issue 5); fp32 runs at TF32 peak. Stated in the table so nobody mistakes it for a measurement.
+_ASSUMED_MFU = 0.4
+_H100 = {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12}
+
+
+def dry_run_table(spec: SweepSpec) -> str:
+    """The trial table with estimated tokens, FLOPs and GPU-hours, and the totals."""
+    tk, tr = spec.tokenizer, spec.train
+    span = tk.clip_frames * tk.time_downsample
+    T = (tk.clip_frames // tk.downsample[0]) * (spec.data.frame_size // tk.downsample[1]) * (
+        spec.data.frame_size // tk.downsample[2]
+    )
+    rows = []
+    for t in spec.axes.trials():
+        pairs = max(1, t["data_frames"] // span - 1)
+        tokens = tr.epochs * math.ceil(pairs / tr.batch_size) * tr.batch_size * 2 * T
+        fpt = gpt.train_flops_per_token(t["n_layer"], t["n_embd"], tk.n_codes, 2 * T, n_logits=T)
+        flops = fpt * tokens
+        rows.append({**t, "tokens": tokens, "train_flops": flops,
+                     "gpu_hours": flops / (_ASSUMED_MFU * _H100[t["dtype"]]) / 3600})
+    df = pd.DataFrame(rows)
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
+        table = df.to_string(index=False)
+    return (
+        f"Sweep {spec.name!r} ({spec.source}): {len(df)} trials\n{table}\n"
+        f"Total: {df['tokens'].sum():.3g} tokens, {df['train_flops'].sum():.3g} training FLOPs, "
+        f"{df['gpu_hours'].sum():.3g} GPU-hours (estimate at {_ASSUMED_MFU:.0%} MFU on an H100; "
+        "small models run far below that)."
+    )
+
+
+def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:
+    """Best finished trial per decade of training FLOPs, by val loss and by brain score."""
+    ok = trials[(trials["status"] == "TERMINATED") & trials["train_flops"].gt(0)].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    ok["budget"] = 10 ** np.floor(np.log10(ok["train_flops"]))
+    rows = []
+    cols = ["data_frames", "n_embd", "n_layer", "n_head", "dtype"]
+    for budget, g in ok.groupby("budget"):
+        lo = g.loc[g["val_loss"].idxmin()]
+        row = {"FLOPs <": f"{budget * 10:.0e}", "trials": len(g), "best loss": round(lo["val_loss"], 3),
+               "at (frames,width,layers,heads,dtype)": tuple(lo[c] for c in cols)}
+        if g["brain_r_mean"].notna().any():
+            br = g.loc[g["brain_r_mean"].idxmax()]
+            row["best brain r"] = round(br["brain_r_mean"], 3)
+            row["at"] = tuple(br[c] for c in cols)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_frontier(root: str | Path, log=print) -> Path:
+    """Fit the laws and write ``<root>/frontier/`` (fits.json, allocation.csv, plots, report.html)."""
+    from brainray import report
+
+    root = Path(root)
+    trials = triallog.read_trials(str(root))
+    if trials.empty:
+        raise FileNotFoundError(f"No trial log under {root / 'trials'}: run the sweep first.")
+    curves = triallog.read_curves(str(root))
+    out = root / "frontier"
+    log(f"[frontier] fitting scaling laws on {len(trials)} trials -> {out}")
+    path = report.write_report(trials, out, curves_df=curves, title=f"brainray sweep {root.name}")
+    log(f"[frontier] report: {path}")
+    return out
+
+
+def final_summary(root: str | Path, elapsed_s: float | None = None) -> str:
+    root = Path(root)
+    trials = triallog.read_trials(str(root))
+    lines = ["", "=" * 78, f"Sweep {root.name}: {len(trials)} trials"]
+    if not trials.empty:
+        lines.append("  status: " + ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()))
+        failed = trials[trials["status"] != "TERMINATED"]
+        for _, r in failed.iterrows():
+            lines.append(f"  failed {r['trial_id']}: {str(r['error']).strip().splitlines()[-1][:120]}")
+        best = best_per_budget(trials)
+        if not best.empty:
+            with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+                lines += ["", "Best configuration per training-FLOPs budget:", best.to_string(index=False)]
+    lines += [
+        "",
+        "Written:",
+        f"  trial log   {root / 'trials'}  (pandas.read_parquet reads the folder)",
+        f"  curves      {root / 'curves'}",
+        f"  tensorboard {root / 'tensorboard'}  (tensorboard --logdir {root / 'tensorboard'})",
+        f"  frontier    {root / 'frontier'}",
+        f"  report      {root / 'frontier' / 'report.html'}",
+    ]
+    if elapsed_s is not None:
+        lines.append(f"Total wall time {elapsed_s / 60:.1f} min")
+    return "\n".join(lines)

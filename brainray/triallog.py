@@ -1,0 +1,152 @@
+"""The Parquet trial log: one immutable part file per finished or failed trial, plus curves.
+
+Writes go to a temp name and are renamed into place, so a reader never sees half a file
+and a crashed driver never leaves one behind. Files are immutable, so re-runs and
+resumes add files rather than edit them; readers deduplicate (one row per ``trial_id``,
+newest first; one curve point per ``(trial_id, step)``). Paths may be local or URIs
+(``s3://``, ``gs://``) through pyarrow filesystems. This module knows nothing of Ray.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    "TRIAL_SCHEMA",
+    "CURVE_SCHEMA",
+    "write_trial",
+    "write_curves",
+    "read_trials",
+    "read_curves",
+    "logged_trial_ids",
+]
+
+_STR, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
+
+TRIAL_SCHEMA = pa.schema(
+    [
+        ("sweep", _STR), ("trial_id", _STR), ("status", _STR), ("error", _STR),
+        ("data_frames", _INT), ("tokens", _INT), ("n_embd", _INT), ("n_layer", _INT), ("n_head", _INT),
+        ("dtype", _STR), ("seed", _INT), ("lr", _FLOAT), ("batch_size", _INT), ("epochs", _INT),
+        ("step", _INT), ("params", _INT), ("params_nonembed", _INT), ("train_flops", _FLOAT),
+        ("flops_per_token", _FLOAT), ("n_ctx", _INT), ("wall_s", _FLOAT), ("train_s", _FLOAT),
+        ("encode_s", _FLOAT), ("gpu_hours", _FLOAT), ("tokens_per_s", _FLOAT), ("mfu", _FLOAT),
+        ("peak_mem_bytes", _INT), ("val_loss", _FLOAT), ("final_val_loss", _FLOAT),
+        ("brain_r_mean", _FLOAT), ("brain_r_max", _FLOAT), ("brain_r_top10", _FLOAT),
+        ("ceiling_frac", _FLOAT), ("ceiling_mean", _FLOAT), ("device", _STR), ("node", _STR),
+        ("num_failures", _INT), ("brainray_version", _STR), ("git_sha", _STR),
+        ("started_at", _STR), ("finished_at", _STR), ("config_json", _STR), ("written_at", _FLOAT),
+    ]
+)
+# Per-subject columns (r_mean_<subject>, r_max_<subject>) are added as float64 at write time.
+_SUBJECT_PREFIXES = ("r_mean_", "r_max_")
+
+CURVE_SCHEMA = pa.schema(
+    [
+        ("sweep", _STR), ("trial_id", _STR), ("step", _INT), ("epoch", _INT), ("tokens", _INT),
+        ("train_flops", _FLOAT), ("train_loss", _FLOAT), ("val_loss", _FLOAT), ("lr", _FLOAT),
+        ("train_s", _FLOAT), ("written_at", _FLOAT),
+    ]
+)
+
+
+def _fs(root: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), root
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    extra = sorted({k for r in rows for k in r if k.startswith(_SUBJECT_PREFIXES)} - set(schema.names))
+    schema = pa.schema(list(schema) + [(k, _FLOAT) for k in extra])
+    cols = {}
+    for f in schema:
+        values = [r.get(f.name) for r in rows]
+        if pa.types.is_floating(f.type):
+            values = [None if v is None else float(v) for v in values]
+        elif pa.types.is_integer(f.type):
+            values = [None if v is None or v != v else int(v) for v in values]
+        else:
+            values = [None if v is None else str(v) for v in values]
+        cols[f.name] = pa.array(values, type=f.type)
+    return pa.table(cols, schema=schema)
+
+
+def _write(root: str, sub: str, name: str, table: pa.Table) -> str:
+    fs, base = _fs(root)
+    folder = f"{base.rstrip('/')}/{sub}"
+    fs.create_dir(folder, recursive=True)
+    final = f"{folder}/{name}.parquet"
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, final)  # atomic rename on POSIX and NFS; object stores PUT whole objects
+    return final
+
+
+def write_trial(root: str, row: dict[str, Any]) -> str:
+    """Write one trial's row as its own part file; returns the file path."""
+    row = {**row, "written_at": time.time()}
+    name = f"trial-{row['trial_id']}-{int(row['written_at'] * 1e3)}"
+    return _write(root, "trials", name, _table([row], TRIAL_SCHEMA))
+
+
+def write_curves(root: str, trial_id: str, rows: Iterable[dict[str, Any]]) -> str | None:
+    """Write a batch of curve points (one trial) as one part file."""
+    rows = [{**r, "trial_id": trial_id, "written_at": time.time()} for r in rows]
+    if not rows:
+        return None
+    name = f"curve-{trial_id}-{uuid.uuid4().hex[:8]}"
+    return _write(root, "curves", name, _table(rows, CURVE_SCHEMA))
+
+
+def _read(root: str, sub: str) -> pd.DataFrame:
+    fs, base = _fs(root)
+    folder = f"{base.rstrip('/')}/{sub}"
+    info = fs.get_file_info(folder)
+    if info.type == pafs.FileType.NotFound:
+        return pd.DataFrame()
+    files = [
+        f.path for f in fs.get_file_info(pafs.FileSelector(folder))
+        if f.path.endswith(".parquet") and not f.base_name.startswith(".")
+    ]
+    if not files:
+        return pd.DataFrame()
+    # Part files may differ in their per-subject columns: unify by name.
+    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
+    return pads.dataset(files, schema=schema, filesystem=fs, format="parquet").to_table().to_pandas()
+
+
+def read_trials(root: str) -> pd.DataFrame:
+    """One row per trial_id (the newest written), sorted by trial_id.
+
+    root: the sweep folder (``results/<sweep>``) or a URI. Empty frame if nothing is logged.
+    """
+    df = _read(root, "trials")
+    if df.empty:
+        return df
+    df = df.sort_values("written_at").drop_duplicates("trial_id", keep="last")
+    return df.sort_values("trial_id").reset_index(drop=True)
+
+
+def read_curves(root: str) -> pd.DataFrame:
+    """Curve points, one per (trial_id, step), newest kept (steps repeat after a restore)."""
+    df = _read(root, "curves")
+    if df.empty:
+        return df
+    df = df.sort_values("written_at").drop_duplicates(["trial_id", "step"], keep="last")
+    return df.sort_values(["trial_id", "step"]).reset_index(drop=True)
+
+
+def logged_trial_ids(root: str) -> set[str]:
+    """Trial ids that already have a row (used to skip double writes after a resume)."""
+    df = read_trials(root)
+    return set() if df.empty else set(df["trial_id"])

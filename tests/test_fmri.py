@@ -1,0 +1,342 @@
+"""Tests for brainray.fmri on a tiny synthetic BIDS + fMRIPrep tree (1 subject, 1 session, 2 runs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainray import fmri
+
+TR = 1.49
+N_VOLS = 120  # "simple" + global signal is ~31 regressors: leave degrees of freedom
+SHAPE = (6, 6, 6)
+SINE_PERIOD_S = 20.0
+SUB, SES, TASK, SPACE = "sub-01", "ses-001", "shinobi", "MNI152NLin2009cAsym"
+MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+
+EVENTS = {  # the real quirks: duration_bk2, long float onsets, levels 1-0/4-1/5-0, missing rows
+    1: [
+        ("gym-retro_game", 3.0140000000000002, 40.5, 40.516666666666666, "1-0", "rep-000"),
+        ("gym-retro_game", 48.609800000000064, 30.2, 30.233333333333334, "4-1", "Missing file"),
+        ("gym-retro_game", 85.10019999999997, 35.0, 35.016666666666666, "5-0", ""),
+        ("gym-retro_game", 130.07170000000025, 45.0, 45.0, "1-0", "rep-001"),
+    ],
+    2: [
+        ("gym-retro_game", 0.0158000000001266, 80.0, 80.1, "4-1", "rep-002"),
+        ("gym-retro_game", 90.6908000000003, 80.0, 80.08333333333333, "5-0", "rep-003"),
+    ],
+}
+
+
+def _bk2(run: int, level: str, rep: str) -> str:
+    lvl = level.split("-")[0]
+    return f"{SUB}/{SES}/gamelogs/{SUB}_{SES}_task-{TASK}_run-{run:02d}_level-{lvl}_{rep}.bk2"
+
+
+def _write_events(path: Path, rows: list[tuple], run: int) -> None:
+    lines = ["\ttrial_type\tonset\tduration\tduration_bk2\tlevel\tstim_file"]  # pandas index column
+    for i, (tt, onset, dur, dur_bk2, level, stim) in enumerate(rows):
+        stim = _bk2(run, level, stim) if stim.startswith("rep-") else stim
+        lines.append(f"{i}\t{tt}\t{onset!r}\t{dur!r}\t{dur_bk2!r}\t{level}\t{stim}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _sine() -> np.ndarray:
+    return np.sin(2 * np.pi * np.arange(N_VOLS) * TR / SINE_PERIOD_S)
+
+
+def _labels() -> np.ndarray:
+    """Four labels, one per x-y quadrant, through all z: label 1 is x < 3, y < 3."""
+    x, y, _ = np.indices(SHAPE)
+    return (1 + (x >= 3) + 2 * (y >= 3)).astype(np.int16)
+
+
+def _confounds(rng: np.random.Generator) -> pd.DataFrame:
+    """Every column fMRIPrep writes for "simple" + global signal, orthogonal to the sine."""
+    names = []
+    for base in MOTION + ["global_signal", "csf", "white_matter"]:
+        names += [base, f"{base}_derivative1", f"{base}_power2", f"{base}_derivative1_power2"]
+    names += ["framewise_displacement", "cosine00", "cosine01"]
+    basis = np.column_stack([np.ones(N_VOLS), _sine()])
+    x = rng.standard_normal((N_VOLS, len(names)))
+    x -= basis @ np.linalg.lstsq(basis, x, rcond=None)[0]  # the sine must survive denoising
+    df = pd.DataFrame(x, columns=names)
+    df.loc[0, [n for n in names if "derivative1" in n] + ["framewise_displacement"]] = np.nan
+    return df
+
+
+def _write_bold(path: Path, data: np.ndarray, tr: float = TR) -> None:
+    img = nib.Nifti1Image(data.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header.set_zooms((2.0, 2.0, 2.0, tr))
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, path)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict:
+    """Raw BIDS tree with events and sidecars, fMRIPrep derivatives (run-1, run-2), atlas."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "shinobi"
+    func = root / SUB / SES / "func"
+    dfunc = root / "derivatives" / "fmriprep" / SUB / SES / "func"
+    func.mkdir(parents=True)
+    dfunc.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "shinobi", "BIDSVersion": "1.6.0"}))
+    labels = _labels()
+    for run, rows in EVENTS.items():
+        raw = f"{SUB}_{SES}_task-{TASK}_run-{run:02d}"
+        _write_events(func / f"{raw}_events.tsv", rows, run)
+        (func / f"{raw}_bold.json").write_text(json.dumps({"RepetitionTime": TR, "TaskName": TASK}))
+        # fMRIPrep drops the zero padding: run-1
+        der = f"{SUB}_{SES}_task-{TASK}_run-{run}"
+        data = 100.0 + 0.3 * rng.standard_normal(SHAPE + (N_VOLS,))
+        data[labels == 1] += _sine()
+        _write_bold(dfunc / f"{der}_space-{SPACE}_desc-preproc_bold.nii.gz", data)
+        _confounds(rng).to_csv(dfunc / f"{der}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    atlas = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0])), atlas)
+    return {"root": root, "func": func, "dfunc": dfunc, "atlas": atlas}
+
+
+def _events_path(tree: dict, run: int = 1) -> Path:
+    return tree["func"] / f"{SUB}_{SES}_task-{TASK}_run-{run:02d}_events.tsv"
+
+
+# ----------------------------------------------------------------------------- read_events
+
+
+def test_read_events_quirks(tree):
+    ev = fmri.read_events(_events_path(tree))  # root found above the file
+    assert list(ev.columns[:6]) == ["trial_type", "onset", "duration", "duration_bk2", "level", "stim_file"]
+    assert "Unnamed: 0" not in ev.columns
+    assert ev["onset"].iloc[0] == pytest.approx(3.0140000000000002)
+    assert ev["onset"].dtype == float and ev["duration_bk2"].dtype == float
+    assert list(ev["level"]) == ["1-0", "4-1", "5-0", "1-0"]
+    assert list(ev["missing"]) == [False, True, True, False]
+    assert ev["bk2_path"].iloc[1] is None and ev["bk2_path"].iloc[2] is None
+    expected = (tree["root"] / _bk2(1, "1-0", "rep-000")).resolve()
+    assert ev["bk2_path"].iloc[0] == str(expected)
+    assert ev.attrs["root"] == str(tree["root"].resolve())
+
+
+def test_read_events_root_from_sub_folders(tree):
+    (tree["root"] / "dataset_description.json").unlink()
+    ev = fmri.read_events(_events_path(tree))
+    assert ev.attrs["root"] == str(tree["root"].resolve())
+
+
+def _rewrite(tree, column: str, row: int, value: str) -> Path:
+    path = _events_path(tree)
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    df.loc[row, column] = value
+    df.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_read_events_stim_outside_root(tree):
+    path = _rewrite(tree, "stim_file", 3, "../x.bk2")
+    with pytest.raises(ValueError, match=r"_run-01_events.tsv, row 3: stim_file '../x.bk2' points outside the dataset root .*shinobi; fix the path"):
+        fmri.read_events(path)
+
+
+def test_read_events_stim_absolute(tree):
+    path = _rewrite(tree, "stim_file", 0, "/data/x.bk2")
+    with pytest.raises(ValueError, match=r"row 0: stim_file '/data/x.bk2' is an absolute path"):
+        fmri.read_events(path)
+
+
+@pytest.mark.parametrize("column, value", [("onset", "-1.0"), ("duration", "abc"), ("onset", "inf")])
+def test_read_events_bad_numbers(tree, column, value):
+    path = _rewrite(tree, column, 2, value)
+    with pytest.raises(ValueError, match=rf"row 2: {column} '{value}' must be a finite, non-negative number"):
+        fmri.read_events(path)
+
+
+def test_read_events_missing_columns(tree):
+    path = _events_path(tree)
+    pd.read_csv(path, sep="\t").drop(columns=["level", "stim_file"]).to_csv(path, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"missing required column\(s\) \['level', 'stim_file'\]"):
+        fmri.read_events(path)
+
+
+def test_read_events_missing_file_and_no_root(tmp_path, tree):
+    with pytest.raises(FileNotFoundError, match="Events file not found: .*nope_events.tsv"):
+        fmri.read_events(tmp_path / "nope_events.tsv")
+    lone = tmp_path / "lone" / "x_events.tsv"
+    lone.parent.mkdir()
+    shutil.copy(_events_path(tree), lone)
+    with pytest.raises(ValueError, match="no BIDS root above this file.*pass root= explicitly"):
+        fmri.read_events(lone)
+
+
+# ----------------------------------------------------------------------------- find_runs
+
+
+def test_find_runs_matches_run_numbers(tree):
+    runs = fmri.find_runs(tree["root"])
+    assert [r.run for r in runs] == [1, 2]
+    r = runs[0]
+    assert (r.subject, r.session, r.task, r.tr) == (SUB, SES, TASK, TR)
+    assert r.events_path.name.endswith("_run-01_events.tsv")
+    assert r.sidecar_path.name.endswith("_run-01_bold.json")
+    assert r.bold_path.name.endswith("_run-1_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    assert r.confounds_path.name.endswith("_run-1_desc-confounds_timeseries.tsv")
+    assert fmri.find_runs(tree["root"], subjects=["01"]) == runs
+
+
+def test_find_runs_unknown_subject_and_no_events(tree, tmp_path):
+    with pytest.raises(ValueError, match=r"subjects \['sub-02'\] have no task-shinobi runs.*available: \['sub-01'\]"):
+        fmri.find_runs(tree["root"], subjects=["sub-02"])
+    with pytest.raises(FileNotFoundError, match="No events files for task 'rest'"):
+        fmri.find_runs(tree["root"], task="rest")
+    with pytest.raises(FileNotFoundError, match="derivatives_root folder not found"):
+        fmri.find_runs(tree["root"], derivatives_root=tmp_path / "none")
+    with pytest.raises(ValueError, match=r"'on_missing' must be one of \('raise', 'warn'\); got 'skip'"):
+        fmri.find_runs(tree["root"], on_missing="skip")
+
+
+def test_find_runs_missing_derivative(tree):
+    bold = next(tree["dfunc"].glob("*run-2_*preproc_bold.nii.gz"))
+    bold.unlink()
+    with pytest.raises(FileNotFoundError, match=r"run-02_events.tsv: no fMRIPrep derivative for run 2; expected .*_run-2_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"):
+        fmri.find_runs(tree["root"])
+    with pytest.warns(UserWarning, match="no fMRIPrep derivative for run 2.*it is skipped"):
+        runs = fmri.find_runs(tree["root"], on_missing="warn")
+    assert [r.run for r in runs] == [1]
+
+
+def test_find_runs_missing_sidecar(tree):
+    sidecar = next(tree["func"].glob("*run-01_bold.json"))
+    sidecar.unlink()
+    with pytest.raises(FileNotFoundError, match=r"No BOLD sidecar for .*run-01_events.tsv: expected .*run-01_bold.json"):
+        fmri.find_runs(tree["root"])
+    (tree["root"] / "task-shinobi_bold.json").write_text(json.dumps({"RepetitionTime": TR}))
+    assert fmri.find_runs(tree["root"])[0].sidecar_path.name == "task-shinobi_bold.json"
+
+
+def test_find_runs_tr_mismatch(tree):
+    sidecar = next(tree["func"].glob("*run-02_bold.json"))
+    sidecar.write_text(json.dumps({"RepetitionTime": 2.0}))
+    with pytest.raises(ValueError, match=r"TR mismatch for run 2: .*run-02_bold.json says RepetitionTime=2.0 s but the header of .*run-2_space.* says 1.49"):
+        fmri.find_runs(tree["root"])
+    sidecar.write_text(json.dumps({"RepetitionTime": "1.49"}))
+    with pytest.raises(ValueError, match=r"'RepetitionTime' must be a positive number of seconds; got '1.49'"):
+        fmri.find_runs(tree["root"])
+
+
+def test_find_runs_header_without_tr(tree):
+    bold = next(tree["dfunc"].glob("*run-1_*preproc_bold.nii.gz"))
+    img = nib.load(bold)
+    data = np.asarray(img.dataobj)
+    fresh = nib.Nifti1Image(data, img.affine)  # zooms[3] = 1.0, time unit unknown: not a TR
+    nib.save(fresh, bold)
+    assert fmri.find_runs(tree["root"])[0].tr == TR
+
+
+# ----------------------------------------------------------------------------- extract_parcels
+
+
+def test_extract_parcels_recovers_sine(tree):
+    run = fmri.find_runs(tree["root"])[0]
+    bold = fmri.extract_parcels(run, tree["atlas"])
+    assert bold.shape == (N_VOLS, 4)
+    assert bold.dtype == np.float32
+    np.testing.assert_allclose(bold.mean(0), 0, atol=1e-4)  # standardized
+    np.testing.assert_allclose(bold.std(0, ddof=1), 1, atol=1e-3)
+    r = [np.corrcoef(bold[:, k], _sine())[0, 1] for k in range(4)]
+    assert r[0] > 0.95, r  # label 1 carries the sine
+    assert r[3] < r[0] - 0.3, r  # the far quadrant mostly does not, even after 8 mm smoothing
+
+
+def test_extract_parcels_missing_confounds(tree):
+    run = fmri.find_runs(tree["root"])[0]
+    run.confounds_path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"Confounds file not found: .*run-1_desc-confounds_timeseries.tsv"):
+        fmri.extract_parcels(run, tree["atlas"])
+
+
+def test_extract_parcels_nan_bold(tree):
+    run = fmri.find_runs(tree["root"])[0]
+    img = nib.load(run.bold_path)
+    data = np.asarray(img.dataobj)
+    data[2, 2, 2, 7] = np.nan
+    _write_bold(run.bold_path, data)
+    with pytest.raises(ValueError, match=r"run-1_space-.*preproc_bold.nii.gz: volume 7 holds NaN"):
+        fmri.extract_parcels(run, tree["atlas"])
+
+
+def test_extract_parcels_nan_confounds(tree):
+    run = fmri.find_runs(tree["root"])[0]
+    conf = pd.read_csv(run.confounds_path, sep="\t", na_values=["n/a"])
+    conf.loc[5, "trans_x_derivative1"] = np.nan
+    conf.to_csv(run.confounds_path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match=r"confounds_timeseries.tsv: column 'trans_x_derivative1' has a NaN or non-number at row 5"):
+        fmri.extract_parcels(run, tree["atlas"])
+
+
+def test_extract_parcels_confounds_length(tree):
+    run = fmri.find_runs(tree["root"])[0]
+    conf = pd.read_csv(run.confounds_path, sep="\t", na_values=["n/a"])
+    conf.iloc[:-3].to_csv(run.confounds_path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match=rf"has {N_VOLS - 3} rows but .* has {N_VOLS} volumes"):
+        fmri.extract_parcels(run, tree["atlas"])
+
+
+def test_extract_parcels_confounds_missing_columns(tree):
+    run = fmri.find_runs(tree["root"])[0]
+    conf = pd.read_csv(run.confounds_path, sep="\t", na_values=["n/a"])
+    conf.drop(columns=["csf", "white_matter"]).to_csv(run.confounds_path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match=r"confounds_timeseries.tsv: nilearn could not load the confounds"):
+        fmri.extract_parcels(run, tree["atlas"])
+
+
+# ----------------------------------------------------------------------------- run_timeline
+
+
+def test_run_timeline_alignment(tree):
+    ev = fmri.read_events(_events_path(tree))
+    with pytest.warns(UserWarning) as rec:
+        segs = fmri.run_timeline(ev, TR, N_VOLS)
+    messages = [str(w.message) for w in rec]
+    assert len(messages) == 2
+    assert "_run-01_events.tsv, row 1: stim_file 'Missing file' has no replay; row skipped" in messages[0]
+    assert "row 2: stim_file '' has no replay; row skipped" in messages[1]
+    assert [s.level for s in segs] == ["1-0", "1-0"]
+    assert [s.onset_s for s in segs] == [3.0140000000000002, 130.07170000000025]
+    assert [s.n_frames_expected for s in segs] == [2431, 2700]  # duration_bk2 * 60
+    assert segs[0].bk2_path == ev["bk2_path"].iloc[0]
+    assert segs[0].duration_s == 40.5
+
+
+def test_run_timeline_falls_back_to_duration(tree):
+    ev = fmri.read_events(_events_path(tree, run=2)).drop(columns=["duration_bk2"])
+    segs = fmri.run_timeline(ev, TR, N_VOLS, fps=60.0)
+    assert [s.n_frames_expected for s in segs] == [4800, 4800]
+
+
+def test_run_timeline_bold_shorter_than_events(tree):
+    ev = fmri.read_events(_events_path(tree, run=2))
+    with pytest.raises(ValueError, match=r"BOLD shorter than the events: .*run-02_events.tsv, row 1 ends at 170.691 s .*lasts 149.000 s \(100 volumes"):
+        fmri.run_timeline(ev, TR, n_vols=100)
+    fmri.run_timeline(ev, TR, n_vols=114)  # ends 170.69 s <= 169.86 + one TR: tolerated
+    with pytest.raises(ValueError, match="'tr' must be positive; got 0"):
+        fmri.run_timeline(ev, 0, N_VOLS)
+
+
+# ----------------------------------------------------------------------------- load_cneuromod
+
+
+def test_load_cneuromod(tree):
+    with pytest.warns(UserWarning, match="row skipped"):
+        runs = fmri.load_cneuromod(tree["root"], tree["atlas"], subjects=["sub-01"])
+    assert [(r["subject"], r["session"], r["run"]) for r in runs] == [(SUB, SES, 1), (SUB, SES, 2)]
+    for r in runs:
+        assert r["tr"] == TR and r["bold"].shape == (N_VOLS, 4)
+    assert [len(r["segments"]) for r in runs] == [2, 2]
+    assert runs[1]["segments"][1].level == "5-0"

@@ -1,0 +1,433 @@
+"""Tests for brainray.frontier: law fits, bootstrap, allocation, fronts, effects, analyze."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainray import frontier
+from brainray.frontier import (
+    LawFit, allocation_discrete, analysis_to_dict, analyze, axis_effects,
+    dtype_comparison, fit_law, pareto_front, simulate_trials,
+)
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chinchilla_runs.csv"
+if not FIXTURE.exists():  # checkout not under /work
+    FIXTURE = Path("/work/shared/fixtures/chinchilla_runs.csv")
+
+# Besiroglu et al. 2024 (arXiv:2404.10102), Table: estimate and bootstrap SE
+EPOCH = {"E": (1.817, 0.026), "A": (482.01, 124.52), "B": (2085.43, 1293.28),
+         "alpha": (0.3478, 0.0154), "beta": (0.3658, 0.0206)}
+# Reference-note truths (scaling-laws.md §9.1, §9.3)
+T1 = (1.817, 482.0, 2085.4, 0.3478, 0.3658)
+T2 = (2.0, 60.0, 400.0, 0.25, 0.40)
+GAP = (0.25, 5.88, 34.5, 0.25, 0.30)
+# brain law in the range of simulate_trials' default grid (r in ~0.13..0.38)
+BRAIN = (0.25, 6.0, 5.0, 0.25, 0.30)
+
+
+def _grid(nn: int = 8, nd: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The 8 x 5 design of scaling-laws.md §9.1 (N 1e5..8.5e7, D 1e7..6e9)."""
+    N, D = np.meshgrid(np.geomspace(1e5, 8.5e7, nn), np.geomspace(1e7, 6e9, nd))
+    return N.ravel(), D.ravel()
+
+
+def _law(p, N, D):
+    E, A, B, al, be = p
+    return E + A * N ** -al + B * D ** -be
+
+
+def _params(fit: LawFit) -> np.ndarray:
+    return np.array([fit.E, fit.A, fit.B, fit.alpha, fit.beta])
+
+
+# ---------------------------------------------------------------------------------------
+# fit_law
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("truth", [T1, T2, GAP])
+def test_fit_law_recovers_noiseless_parameters(truth):
+    N, D = _grid()
+    fit = fit_law(N, D, _law(truth, N, D))
+    np.testing.assert_allclose(_params(fit), truth, rtol=1e-3)
+    assert fit.form == "chinchilla" and fit.n_used == 40 and fit.converged
+    assert fit.objective < 1e-12
+    np.testing.assert_allclose(fit.predict(N, D), _law(truth, N, D), rtol=1e-6)
+
+
+def test_fit_law_recovers_random_design():
+    rng = np.random.default_rng(3)
+    N = np.exp(rng.uniform(np.log(1e5), np.log(1e8), 30))
+    D = np.exp(rng.uniform(np.log(1e7), np.log(1e10), 30))
+    fit = fit_law(N, D, _law(T2, N, D))
+    np.testing.assert_allclose(_params(fit), T2, rtol=1e-3)
+
+
+def test_ceiling_gap_with_known_ceiling_recovers_and_predicts_r():
+    N, D = _grid()
+    c = 0.5
+    r = c * (1 - _law(GAP, N, D))
+    fit = fit_law(N, D, r, form="ceiling_gap", ceiling=c)
+    np.testing.assert_allclose(_params(fit), GAP, rtol=1e-3)
+    np.testing.assert_allclose(fit.predict(N, D), r, rtol=1e-6)
+    d = fit.to_dict()
+    assert d["ceiling"] == c and d["ceiling_estimated"] is False
+
+
+def test_ceiling_gap_per_row_ceiling():
+    N, D = _grid()
+    c = np.linspace(0.4, 0.6, N.size)
+    r = c * (1 - _law(GAP, N, D))
+    fit = fit_law(N, D, r, form="ceiling_gap", ceiling=c)
+    np.testing.assert_allclose(_params(fit), GAP, rtol=1e-3)
+    np.testing.assert_allclose(fit.predict(N, D, ceiling=c), r, rtol=1e-6)
+    assert fit.ceiling == pytest.approx(c.mean())
+
+
+def test_ceiling_gap_estimated_ceiling_keeps_exponents():
+    # For any ceiling c' >= max r the gap law stays exact with E' = 1 - c/c' (1 - E) and
+    # A' = A c/c', B' = B c/c': exponents and allocation do not depend on the ceiling.
+    N, D = _grid()
+    c = 0.5
+    r = c * (1 - _law(GAP, N, D))
+    fit = fit_law(N, D, r, form="ceiling_gap")
+    c_hat = 1.05 * r.max()
+    assert fit.ceiling == pytest.approx(c_hat)
+    assert fit.ceiling_estimated
+    assert "estimated" in fit.to_dict()["ceiling_note"]
+    np.testing.assert_allclose([fit.alpha, fit.beta], GAP[3:], rtol=1e-3)
+    np.testing.assert_allclose([fit.A, fit.B], np.array(GAP[1:3]) * c / c_hat, rtol=1e-3)
+    np.testing.assert_allclose(fit.predict(N, D), r, rtol=1e-5)
+
+
+def test_ceiling_gap_clips_scores_above_ceiling():
+    N, D = _grid()
+    r = 0.5 * (1 - _law(GAP, N, D))
+    r[0] = 0.6  # noise pushed one score above the ceiling
+    fit = fit_law(N, D, r, form="ceiling_gap", ceiling=0.5)
+    assert fit.n_clipped == 1
+
+
+def test_allocation_closed_form_is_the_constrained_optimum():
+    fit = LawFit(*T1)
+    C = np.array([1e18, 5.88e23])
+    N_opt, D_opt = fit.allocation(C)
+    np.testing.assert_allclose(6 * N_opt * D_opt, C, rtol=1e-10)
+    for c, n in zip(C, N_opt):  # brute force along 6 N D = C
+        Ns = np.geomspace(n / 100, n * 100, 200001)
+        best = Ns[np.argmin(fit.law(Ns, c / (6 * Ns)))]
+        assert best == pytest.approx(n, rel=1e-3)
+    # exponents: N_opt ∝ C^a
+    slope = np.diff(np.log(N_opt)) / np.diff(np.log(C))
+    assert slope[0] == pytest.approx(fit.a)
+    assert fit.a + fit.b == pytest.approx(1.0)
+    # scaling-laws.md §2: Epoch's fit at Chinchilla's budget gives ~18 tokens/param
+    assert D_opt[1] / N_opt[1] == pytest.approx(18, abs=1.5)
+
+
+def test_allocation_without_interior_optimum_warns_and_returns_nan():
+    fit = LawFit(E=2.0, A=0.0, B=400.0, alpha=0.3, beta=0.3)
+    with pytest.warns(RuntimeWarning, match="no interior optimum"):
+        N_opt, D_opt = fit.allocation([1e18])
+    assert np.isnan(N_opt).all() and np.isnan(D_opt).all()
+
+
+def test_bootstrap_ci_and_to_dict_is_json():
+    rng = np.random.default_rng(0)
+    N, D = _grid()
+    y = _law(T1, N, D) * np.exp(0.01 * rng.standard_normal(N.size))
+    fit = fit_law(N, D, y, bootstrap=20, seed=1)
+    assert set(fit.ci) == {"E", "A", "B", "alpha", "beta", "a", "b"}
+    for k in ("alpha", "beta", "a"):
+        lo, hi = fit.ci[k]
+        assert lo <= getattr(fit, k) <= hi
+    assert fit.boot.shape == (20 - fit.n_bootstrap_failed, 5)
+    d = json.loads(json.dumps(fit.to_dict()))
+    assert d["ci"]["a"][0] <= d["a"] <= d["ci"]["a"][1]
+    value, lo, hi = fit.frontier([1e18, 1e20], level=0.95)
+    assert np.all(lo <= value) and np.all(value <= hi)
+    # same seed, same resamples
+    again = fit_law(N, D, y, bootstrap=20, seed=1)
+    assert again.ci == fit.ci
+
+
+def test_bootstrap_over_groups():
+    rng = np.random.default_rng(1)
+    N, D = _grid()
+    N, D = np.tile(N, 3), np.tile(D, 3)
+    seeds = np.repeat([0, 1, 2], 40)
+    y = _law(T2, N, D) * np.exp(0.01 * rng.standard_normal(N.size))
+    fit = fit_law(N, D, y, bootstrap=5, groups=seeds)
+    assert fit.n_bootstrap == 5 and len(fit.ci) == 7
+    with pytest.raises(ValueError, match="'groups' must have one label per row"):
+        fit_law(N, D, y, bootstrap=5, groups=seeds[:-1])
+
+
+@pytest.mark.slow
+def test_bootstrap_ci_coverage():
+    """95 % full-refit bootstrap CIs cover the truth in most replicates (T1, 1 % noise)."""
+    truth = dict(zip(("E", "A", "B", "alpha", "beta"), T1))
+    truth["a"] = T1[4] / (T1[3] + T1[4])
+    N, D = _grid()
+    hits = {k: 0 for k in ("alpha", "beta", "a")}
+    n_rep = 30
+    for rep in range(n_rep):
+        rng = np.random.default_rng(100 + rep)
+        y = _law(T1, N, D) * np.exp(0.01 * rng.standard_normal(N.size))
+        fit = fit_law(N, D, y, bootstrap=40, seed=rep)
+        for k in hits:
+            lo, hi = fit.ci[k]
+            hits[k] += lo <= truth[k] <= hi
+    coverage = {k: v / n_rep for k, v in hits.items()}
+    print("bootstrap coverage (nominal 0.95):", coverage)
+    assert min(coverage.values()) >= 0.8, coverage
+
+
+def test_chinchilla_fixture_reproduces_epoch_fit():
+    df = pd.read_csv(FIXTURE)
+    assert len(df) == 245
+    df = df.sort_values("loss").iloc[:-5]  # drop the 5 highest-loss runs
+    N = df["Model Size"].to_numpy()
+    D = df["Training FLOP"].to_numpy() / (6 * N)
+    y = df["loss"].to_numpy()
+    t0 = time.perf_counter()
+    fit = fit_law(N, D, y)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0
+    assert fit.n_used == 240
+    for k, (pub, se) in EPOCH.items():
+        # within a tenth of the published bootstrap SE of each parameter
+        assert abs(getattr(fit, k) - pub) < 0.1 * se, (k, getattr(fit, k), pub)
+    assert fit.E == pytest.approx(1.817, rel=2e-3)
+    assert fit.alpha == pytest.approx(0.3478, rel=5e-3)
+    assert fit.beta == pytest.approx(0.3658, rel=5e-3)
+    assert fit.A == pytest.approx(482.01, rel=0.02)
+    assert fit.B == pytest.approx(2085.43, rel=0.05)
+    assert fit.a == pytest.approx(0.513, abs=0.002)
+    # our optimum is at least as good as the published parameters on the same objective
+    pub = np.array([math.log(1.817), math.log(482.01), math.log(2085.43), 0.3478, 0.3658])
+    f_pub, _ = frontier._objective(pub, np.log(N), np.log(D), np.log(y), 1e-3)
+    assert fit.objective <= f_pub * 1e-3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(form="loglinear"), "'form' must be one of"),
+    (dict(delta=0.0), "'delta' must be > 0"),
+    (dict(bootstrap=-1), "'bootstrap' must be >= 0"),
+])
+def test_fit_law_bad_arguments(kwargs, match):
+    N, D = _grid()
+    with pytest.raises(ValueError, match=match):
+        fit_law(N, D, _law(T1, N, D), **kwargs)
+
+
+def test_fit_law_input_errors():
+    N, D = _grid()
+    y = _law(T1, N, D)
+    with pytest.raises(ValueError, match="N, D and y must have the same length"):
+        fit_law(N, D[:-1], y)
+    y_nan = y.copy()
+    y_nan[3] = np.nan
+    with pytest.raises(ValueError, match=r"y has 1 NaN or infinite value\(s\) \(first at row 3\)"):
+        fit_law(N, D, y_nan)
+    with pytest.raises(ValueError, match="N must be > 0"):
+        fit_law(-N, D, y)
+    with pytest.raises(ValueError, match="4 rows; the law has 5 parameters"):
+        fit_law(N[:4], D[:4], y[:4])
+    with pytest.raises(ValueError, match="every row has the same N"):
+        fit_law(np.full_like(N, 1e6), D, y)
+    with pytest.raises(ValueError, match="every row has the same D"):
+        fit_law(N, np.full_like(D, 1e9), y)
+    with pytest.raises(ValueError, match="form='chinchilla' needs y > 0"):
+        fit_law(N, D, y - 10)
+    with pytest.raises(ValueError, match="'ceiling' must be finite and > 0"):
+        fit_law(N, D, 0.1 + 0 * y, form="ceiling_gap", ceiling=-1.0)
+    with pytest.raises(ValueError, match="every score is <= 0"):
+        fit_law(N, D, -0.1 + 0 * y, form="ceiling_gap")
+
+
+# ---------------------------------------------------------------------------------------
+# pareto_front
+# ---------------------------------------------------------------------------------------
+
+
+def _pareto_brute(cost, y, minimize):
+    v = np.asarray(y) if minimize else -np.asarray(y)
+    out = []
+    for i in range(len(cost)):
+        dominated = any((cost[j] <= cost[i]) and (v[j] <= v[i])
+                        and ((cost[j] < cost[i]) or (v[j] < v[i])) for j in range(len(cost)))
+        out.append(not dominated and np.isfinite(v[i]) and np.isfinite(cost[i]))
+    return np.array(out)
+
+
+def test_pareto_front_small_case():
+    cost = [1, 2, 3, 4, 2]
+    loss = [5, 4, 4.5, 3, 4]
+    np.testing.assert_array_equal(pareto_front(cost, loss),
+                                  [True, True, False, True, True])
+    score = [0.1, 0.3, 0.2, 0.4, np.nan]
+    np.testing.assert_array_equal(pareto_front(cost, score, minimize=False),
+                                  [True, True, False, True, False])
+
+
+@pytest.mark.parametrize("minimize", [True, False])
+def test_pareto_front_matches_brute_force(minimize):
+    rng = np.random.default_rng(0)
+    cost = rng.integers(0, 20, 200).astype(float)
+    y = rng.integers(0, 20, 200).astype(float)
+    np.testing.assert_array_equal(pareto_front(cost, y, minimize),
+                                  _pareto_brute(cost, y, minimize))
+
+
+def test_pareto_front_length_mismatch():
+    with pytest.raises(ValueError, match="cost and y must have the same length; got 3 and 2"):
+        pareto_front([1, 2, 3], [1, 2])
+
+
+# ---------------------------------------------------------------------------------------
+# allocation_discrete, axis_effects, dtype_comparison
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trials():
+    return simulate_trials(loss_law=T2, brain_law=BRAIN)
+
+
+def test_allocation_discrete_picks_best_affordable_config(trials):
+    fit = fit_law(trials["params_nonembed"], trials["tokens"], trials["val_loss"])
+    budgets = np.geomspace(trials["train_flops"].min(), trials["train_flops"].max(), 4)
+    table = allocation_discrete(trials, budgets, metric="val_loss", fit=fit)
+    assert len(table) == 4
+    for _, row in table.iterrows():
+        affordable = trials[trials["train_flops"] <= row["budget"]]
+        assert row["n_candidates"] == len(affordable)
+        assert row["cost"] <= row["budget"]
+        assert row["predicted"] == pytest.approx(affordable["val_loss"].min(), rel=1e-6)
+        assert row["fill_D"] * trials.loc[trials["n_embd"] == row["fill_n_embd"],
+                                          "flops_per_token"].iloc[0] > 0
+    # brain scores are maximised
+    tb = allocation_discrete(trials, budgets[-1:], metric="brain_r_mean")
+    assert tb["observed"].iloc[0] == pytest.approx(trials["brain_r_mean"].max(), rel=1e-6)
+    with pytest.raises(ValueError, match="metric 'bogus' is not a column"):
+        allocation_discrete(trials, budgets, metric="bogus")
+
+
+def test_axis_effects_holds_other_axes_at_reference(trials):
+    eff = axis_effects(trials, "val_loss")
+    ref = dict(n_embd=512, n_layer=8, data_frames=6_000_000)  # ties -> largest
+    emb = eff[eff["axis"] == "n_embd"]
+    assert list(emb["value"]) == [64, 128, 256, 512]
+    assert (emb["held"] == "reference").all() and (emb["n"] == 1).all()
+    N = 12 * ref["n_layer"] * emb["value"].to_numpy(float) ** 2
+    D = 4.0 * ref["data_frames"]
+    np.testing.assert_allclose(emb["mean"], _law(T2, N, D), rtol=1e-12)
+    # single-valued axes (n_head, dtype) fall back to marginal means
+    head = eff[eff["axis"] == "n_head"]
+    assert len(head) == 1 and head["held"].iloc[0] == "marginal"
+    assert head["n"].iloc[0] == len(trials)
+    with pytest.raises(ValueError, match="metric 'nope' is not a column"):
+        axis_effects(trials, "nope")
+
+
+def test_axis_effects_t_interval_over_seeds():
+    df = simulate_trials(n_embd=(64, 128), n_layer=(2,), data_frames=(1e4, 1e5),
+                         seeds=(0, 1, 2, 3), brain_noise=0.01, brain_law=BRAIN, seed=5)
+    eff = axis_effects(df, "brain_r_mean", axes=("n_embd",))
+    g = df[df["n_embd"] == 64]["brain_r_mean"]
+    row = eff[eff["value"] == 64].iloc[0]
+    half = 3.182446305284263 * g.std(ddof=1) / 2  # t_{0.975, 3} * sd / sqrt(4)
+    assert row["mean"] == pytest.approx(g.mean())
+    assert row["ci_hi"] - row["mean"] == pytest.approx(half)
+
+
+def test_dtype_comparison_recovers_speed_ratio():
+    df = simulate_trials(n_embd=(64, 128), n_layer=(2, 4), data_frames=(1e4, 1e5),
+                         dtype=("fp32", "fp16"), half_speedup=1.3, brain_law=BRAIN)
+    out = dtype_comparison(df)
+    assert list(out["dtype"]) == ["fp16"]
+    row = out.iloc[0]
+    assert row["n_matched"] == 8
+    assert row["speed_ratio"] == pytest.approx(1.3, rel=0.03)  # 2 % throughput jitter
+    assert row["brain_r_mean_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert row["paper_speed_ratio"] == 1.17
+    assert row["paper_score_diff"] == pytest.approx(0.001)
+    assert dtype_comparison(df[df["dtype"] == "fp32"]).empty
+
+
+# ---------------------------------------------------------------------------------------
+# analyze
+# ---------------------------------------------------------------------------------------
+
+
+def _with_bad_rows(df: pd.DataFrame) -> pd.DataFrame:
+    failed = df.iloc[[0]].assign(trial_id="failed", status="ERROR",
+                                 error="Traceback ...\nRuntimeError: CUDA out of memory",
+                                 val_loss=np.nan, brain_r_mean=np.nan)
+    nan = df.iloc[[1]].assign(trial_id="nanrow", val_loss=np.nan)
+    return pd.concat([df, failed, nan], ignore_index=True)
+
+
+def test_analyze_recovers_laws_and_lists_left_out(trials):
+    res = analyze(_with_bad_rows(trials), bootstrap=0)
+    assert res["n_trials"] == len(trials) + 2 and res["n_usable"] == len(trials)
+    left = res["left_out"].set_index("trial_id")["reason"]
+    assert "status ERROR: RuntimeError: CUDA out of memory" == left["failed"]
+    assert left["nanrow"] == "NaN val_loss"
+    np.testing.assert_allclose(_params(res["fits"]["val_loss"]), T2, rtol=1e-3)
+    brain = res["fits"]["brain_r_mean"]
+    assert brain.form == "ceiling_gap" and not brain.ceiling_estimated
+    np.testing.assert_allclose(_params(brain), BRAIN, rtol=1e-3)
+    assert set(res["fronts"]) == {"val_loss_vs_train_flops", "val_loss_vs_gpu_hours",
+                                  "brain_r_mean_vs_train_flops",
+                                  "brain_r_mean_vs_gpu_hours"}
+    alloc = res["allocation"]
+    assert set(alloc["metric"]) == {"val_loss", "brain_r_mean"}
+    assert len(alloc) == 2 * len(res["budgets"])
+    assert res["fit_errors"] == {}
+    d = json.loads(json.dumps(analysis_to_dict(res)))
+    assert d["n_left_out"] == 2 and d["fits"]["val_loss"]["alpha"] == pytest.approx(0.25)
+
+
+def test_analyze_with_bootstrap_gives_cis(trials):
+    res = analyze(trials, bootstrap=8)
+    assert "a" in res["fits"]["val_loss"].ci and "a" in res["fits"]["brain_r_mean"].ci
+
+
+def test_analyze_too_few_trials(trials):
+    few = _with_bad_rows(trials.iloc[:3])
+    with pytest.raises(ValueError, match="only 3 usable trial"):
+        analyze(few)
+    res = analyze(few, strict=False)
+    assert res["fits"] == {"val_loss": None, "brain_r_mean": None}
+    assert "only 3 usable" in res["fit_errors"]["val_loss"]
+    assert len(res["left_out"]) == 2 and res["allocation"].empty
+
+
+def test_analyze_single_axis_value(trials):
+    one_size = trials[(trials["n_embd"] == 256) & (trials["n_layer"] == 4)]
+    with pytest.raises(ValueError, match="same params_nonembed .* n_embd or n_layer"):
+        analyze(one_size)
+    one_data = trials[trials["data_frames"] == 100_000]
+    with pytest.raises(ValueError, match="same tokens .* data_frames"):
+        analyze(one_data)
+
+
+def test_analyze_bad_input(trials):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['val_loss'\]"):
+        analyze(trials.drop(columns="val_loss"))
+    with pytest.raises(TypeError, match="must be a pandas DataFrame; got dict"):
+        analyze({"a": 1})
+
+
+def test_analyze_estimates_ceiling_when_absent(trials):
+    res = analyze(trials.drop(columns="ceiling"), bootstrap=0)
+    brain = res["fits"]["brain_r_mean"]
+    assert brain.ceiling_estimated
+    np.testing.assert_allclose([brain.alpha, brain.beta], BRAIN[3:], rtol=1e-3)
