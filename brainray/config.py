@@ -311,6 +311,12 @@ def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
         )
     tk = spec.tokenizer
     span = tk.clip_frames * tk.time_downsample
+    smallest = min(min(ax.data_frames), ax.reference["data_frames"])
+    if smallest < 2 * span:
+        p.append(
+            f"data_frames={smallest} is less than two clips ({2 * span} frames of "
+            f"{tk.clip_frames} x {tk.time_downsample}): a trial needs at least one (previous, next) pair"
+        )
     if d.replay_frames < 2 * span:
         p.append(f"'data.replay_frames'={d.replay_frames} is shorter than two clips ({2 * span} frames)")
     if tk.clip_frames % tk.downsample[0] or d.frame_size % tk.downsample[1] or d.frame_size % tk.downsample[2]:

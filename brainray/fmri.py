@@ -329,11 +329,16 @@ def find_runs(
     if on_missing not in ("raise", "warn"):
         raise ValueError(f"'on_missing' must be one of ('raise', 'warn'); got {on_missing!r}.")
     bids_root = Path(bids_root)
-    deriv = bids_root / "derivatives" / "fmriprep" if derivatives_root is None else Path(derivatives_root)
+    if derivatives_root is None:
+        deriv = bids_root / "derivatives" / "fmriprep"
+    else:
+        deriv = Path(derivatives_root)
     for name, folder in (("bids_root", bids_root), ("derivatives_root", deriv)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{name} folder not found: {folder}")
-    wanted = None if subjects is None else {s if s.startswith("sub-") else f"sub-{s}" for s in subjects}
+    wanted = None
+    if subjects is not None:
+        wanted = {s if s.startswith("sub-") else f"sub-{s}" for s in subjects}
 
     events_re = re.compile(_EVENTS_RE.format(task=re.escape(task)))
     candidates = sorted(bids_root.glob("sub-*/ses-*/func/*_events.tsv")) + sorted(
@@ -353,19 +358,27 @@ def find_runs(
         prefix = f"{subject}_{session}" if session else subject
         func = deriv / subject / session / "func" if session else deriv / subject / "func"
         bolds, confounds = _derivative_files(func, prefix, task, space)
-        expected_bold = func / f"{prefix}_task-{task}_run-{run}_space-{space}_desc-preproc_bold.nii.gz"
-        expected_conf = func / f"{prefix}_task-{task}_run-{run}_desc-confounds_timeseries.tsv"
+        stem = f"{prefix}_task-{task}_run-{run}"
+        expected_bold = func / f"{stem}_space-{space}_desc-preproc_bold.nii.gz"
+        expected_conf = func / f"{stem}_desc-confounds_timeseries.tsv"
         bold = _one(bolds.get(run), expected_bold)
         conf = _one(confounds.get(run), expected_conf)
-        absent = [str(p) for p, found in ((expected_bold, bold), (expected_conf, conf)) if found is None]
+        pairs = ((expected_bold, bold), (expected_conf, conf))
+        absent = [str(p) for p, found in pairs if found is None]
         if absent:
-            msg = (
-                f"{events.name}: no fMRIPrep derivative for run {run}; expected {' and '.join(absent)}. "
-                "Run fMRIPrep on this run, or pass on_missing='warn' to skip it."
+            what = (
+                f"{events.name}: no fMRIPrep derivative for run {run}; "
+                f"expected {' and '.join(absent)}"
             )
             if on_missing == "raise":
-                raise FileNotFoundError(msg)
-            warnings.warn(msg.replace("pass on_missing='warn' to skip it", "it is skipped"), UserWarning, stacklevel=2)
+                raise FileNotFoundError(
+                    f"{what}. Run fMRIPrep on this run, or pass on_missing='warn' to skip it."
+                )
+            warnings.warn(
+                f"{what}; it is skipped. To include it, run fMRIPrep on this run.",
+                UserWarning,
+                stacklevel=2,
+            )
             continue
         tr = _sidecar_tr(sidecar)
         header_tr = _header_tr(bold)
@@ -399,8 +412,8 @@ def _load_confounds(run: BoldRun, n_vols: int, confound_strategy: str, global_si
 
     if not Path(run.confounds_path).is_file():
         raise FileNotFoundError(
-            f"Confounds file not found: {run.confounds_path} (needed for {Path(run.bold_path).name}); "
-            "it is written by fMRIPrep next to the preprocessed image."
+            f"Confounds file not found: {run.confounds_path} (needed for "
+            f"{Path(run.bold_path).name}); fMRIPrep writes it next to the preprocessed image."
         )
     kwargs = {} if global_signal is None else {"global_signal": global_signal}
     try:
@@ -408,7 +421,9 @@ def _load_confounds(run: BoldRun, n_vols: int, confound_strategy: str, global_si
             str(run.bold_path), denoise_strategy=confound_strategy, **kwargs
         )
     except ValueError as err:
-        raise ValueError(f"{run.confounds_path}: nilearn could not load the confounds: {err}") from err
+        raise ValueError(
+            f"{run.confounds_path}: nilearn could not load the confounds: {err}"
+        ) from err
 
     raw = pd.read_csv(run.confounds_path, sep="\t", na_values=["n/a"], keep_default_na=False)
     if len(raw) != n_vols:
@@ -490,7 +505,9 @@ def extract_parcels(
         raise FileNotFoundError(f"Preprocessed BOLD image not found: {bold_path}")
     img = nib.load(bold_path)
     if len(img.shape) != 4:
-        raise ValueError(f"{bold_path}: expected a 4-D image (x, y, z, time); got shape {img.shape}.")
+        raise ValueError(
+            f"{bold_path}: expected a 4-D image (x, y, z, time); got shape {img.shape}."
+        )
     data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, n_vols)
     n_vols = data.shape[3]
     for t in range(n_vols):  # per volume: no full-size boolean copy of a long run
@@ -598,7 +615,13 @@ def run_timeline(events: pd.DataFrame, tr: float, n_vols: int, fps: float = 60.0
             )
         seconds = ev.duration_bk2 if has_bk2 and np.isfinite(ev.duration_bk2) else ev.duration
         segments.append(
-            Segment(str(ev.bk2_path), float(ev.onset), int(round(seconds * fps)), str(ev.level), float(ev.duration))
+            Segment(
+                bk2_path=str(ev.bk2_path),
+                onset_s=float(ev.onset),
+                n_frames_expected=int(round(seconds * fps)),
+                level=str(ev.level),
+                duration_s=float(ev.duration),
+            )
         )
     return segments
 
@@ -638,6 +661,12 @@ def load_cneuromod(
         One per run, sorted by subject, session, run, with keys ``subject`` (``"sub-01"``),
         ``session`` (``"ses-001"``), ``run`` (:obj:`int`), ``tr`` (:obj:`float`), ``bold``
         (array of shape (n_vols, n_parcels)) and ``segments`` (:obj:`list` of :class:`Segment`).
+
+    Examples
+    --------
+    >>> runs = load_cneuromod("/data/shinobi", "MIST_ATOM.nii.gz", subjects=["01"])  # doctest: +SKIP
+    >>> runs[0]["bold"].shape, runs[0]["segments"][0].level  # doctest: +SKIP
+    ((451, 1095), '1-0')
     """
     from nilearn.image import load_img
 

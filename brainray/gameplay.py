@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +196,7 @@ def _check_bk2(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             missing = [e for e in _BK2_ENTRIES if e not in zf.namelist()]
             bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
         raise ValueError(
             f"bk2 movie {str(path)!r} cannot be read ({err}); download or record it again."
         ) from err

@@ -151,9 +151,9 @@ def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str
     seed = d.seed * 10_000
     out: list[dict[str, Any]] = []
     for split, target in want.items():
-        got, rounds = 0, 0
+        got, rounds, per_play = 0, 0, d.replay_frames
         while got < target:
-            n = max(1, -(-(target - got) // d.replay_frames))
+            n = max(1, -(-(target - got) // per_play))  # a play ends early at game over
             jobs = [(str(root), seed + i, d.replay_frames, d.game, d.policy, d.frame_size) for i in range(n)]
             seed += n
             t0 = time.perf_counter()
@@ -162,6 +162,8 @@ def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str
                 r["split"] = split
             got += sum(r["n_frames"] for r in done)
             out.extend(done)
+            played = [r["n_frames"] for r in out if r["split"] == split]
+            per_play = max(1, int(np.mean(played)))
             rounds += 1
             log(
                 f"[gameplay] {split}: {len(done)} plays recorded and replayed, {got}/{target} frames "
@@ -190,25 +192,18 @@ def _runs(d: DataSpec, replays: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> simbrain.RunStimulus:
-    """The 60 Hz stimulus of one run: frames, buttons and rewards, blank between plays."""
+    """The 60 Hz stimulus of one run: its plays at their onsets, a blank screen between."""
     store = video.FrameStore(root / "frames")
-    n = int(round(n_vols * tr * FPS))
-    seg0 = run["segments"][0]["replay"]
-    h, w = store.open(seg0).shape[1:3]
-    n_buttons = np.load(root / "actions" / f"{seg0}.npz")["actions"].shape[1]
-    frames = np.zeros((n, h, w, 3), np.uint8)
-    actions = np.zeros((n, n_buttons), bool)
-    rewards = np.zeros(n, np.float32)
+    frames, actions, rewards = [], [], []
     for seg in run["segments"]:
-        a = int(round(seg["onset"] * FPS))
-        k = min(seg["n_frames"], n - a)
-        if k <= 0:
-            continue
-        frames[a : a + k] = store.open(seg["replay"])[:k]
         act = np.load(root / "actions" / f"{seg['replay']}.npz")
-        actions[a : a + k] = act["actions"][:k]
-        rewards[a : a + k] = act["rewards"][:k]
-    return simbrain.RunStimulus(frames=frames, actions=actions, rewards=rewards)
+        frames.append(np.asarray(store.open(seg["replay"])[: seg["n_frames"]]))
+        actions.append(act["actions"][: seg["n_frames"]])
+        rewards.append(act["rewards"][: seg["n_frames"]])
+    return simbrain.RunStimulus(
+        frames=frames, actions=actions, rewards=rewards, fps=FPS,
+        onsets=[seg["onset"] for seg in run["segments"]], duration=n_vols * tr,
+    )
 
 
 def _brain(d: DataSpec, root: Path, runs: list[dict[str, Any]], log: Log) -> None:

@@ -500,7 +500,7 @@ def _visual_features(
         out["contrast"][a:b] = np.sqrt(np.maximum(window_mean(lum * lum) - mean * mean, 0))
         out["motion"][a:b] = window_mean(np.abs(ext[2:] - ext[1:-1])) * fps
         out["surprise"][a:b] = window_mean(np.abs(ext[2:] - 2 * ext[1:-1] + ext[:-2])) * fps
-        history = ext[-2:]
+        history = ext[-2:] * 0 + ext[-1:]
     return {f"{k}-{g}": v[:, g] for k, v in out.items() for g in range(n_win)}
 
 

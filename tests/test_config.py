@@ -69,3 +69,8 @@ def test_relative_storage_is_refused():
         check_storage("results")
     assert check_storage("/tmp/x/") == "/tmp/x"
     assert check_storage("s3://bucket/x") == "s3://bucket/x"
+
+
+def test_data_smaller_than_a_clip_pair(tmp_path):
+    with pytest.raises(SpecError, match="data_frames=10 is less than two clips"):
+        load_spec(_write(tmp_path, "axes:\n  data_frames: [10, 24000]\n"))

@@ -96,12 +96,16 @@ def test_ceiling_gap_estimated_ceiling_keeps_exponents():
     c = 0.5
     r = c * (1 - _law(GAP, N, D))
     fit = fit_law(N, D, r, form="ceiling_gap")
-    c_hat = 1.05 * r.max()
-    assert fit.ceiling == pytest.approx(c_hat)
+    s_inf = c * (1 - GAP[0])  # asymptote of r, above max(r) on this design
+    assert s_inf > r.max()
+    c_hat = 1.05 * s_inf
+    assert fit.ceiling == pytest.approx(c_hat, rel=1e-3)
+    assert fit.asymptote == pytest.approx(s_inf / 1.05 * (1 + 0.05), rel=1e-3)
     assert fit.ceiling_estimated
     assert "estimated" in fit.to_dict()["ceiling_note"]
     np.testing.assert_allclose([fit.alpha, fit.beta], GAP[3:], rtol=1e-3)
-    np.testing.assert_allclose([fit.A, fit.B], np.array(GAP[1:3]) * c / c_hat, rtol=1e-3)
+    np.testing.assert_allclose([fit.A, fit.B], np.array(GAP[1:3]) * c / fit.ceiling,
+                               rtol=1e-3)
     np.testing.assert_allclose(fit.predict(N, D), r, rtol=1e-5)
 
 

@@ -218,6 +218,18 @@ def test_stimulus_features_ramp_is_predictable():
     np.testing.assert_allclose(f["surprise-0"][2:], 0.0, atol=1e-4)
 
 
+def test_stimulus_features_chunking_is_seamless(monkeypatch):
+    """Frames are streamed in chunks; the result must not depend on the chunk size."""
+    import brainray.simbrain as simbrain
+
+    frames, actions, rewards = _gameplay(np.random.default_rng(5), 50)
+    whole = stimulus_features(frames, actions, rewards)
+    monkeypatch.setattr(simbrain, "_CHUNK_PIXELS", 7 * SIZE * SIZE)  # chunks of 7 frames
+    chunked = stimulus_features(frames, actions, rewards)
+    for name, value in whole.items():
+        np.testing.assert_allclose(chunked[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 def test_stimulus_features_events_and_buttons():
     n = 6
     actions = np.zeros((n, 3), bool)

@@ -1,0 +1,95 @@
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from brainray import trial
+from brainray.prepare import load_dataset
+
+
+class Recorder:
+    """A plain ``report`` that keeps every metrics dict and copies every checkpoint."""
+
+    def __init__(self, tmp_path):
+        self.metrics, self.checkpoints, self.tmp = [], [], tmp_path
+
+    def __call__(self, metrics, checkpoint_dir=None):
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir:
+            dest = self.tmp / f"ckpt-{len(self.checkpoints)}"
+            shutil.copytree(checkpoint_dir, dest)
+            self.checkpoints.append(str(dest))
+
+
+def test_prepared_dataset_is_complete(tiny_dataset, smoke_spec):
+    ds = load_dataset(tiny_dataset.root)
+    assert ds.train_frames >= smoke_spec.data.train_replays * smoke_spec.data.replay_frames // 2
+    assert len(ds.manifest["runs"]) == smoke_spec.data.n_runs
+    sub = ds.subject(ds.manifest["subjects"][0])
+    assert len(sub.bold) == smoke_spec.data.n_runs
+    assert sub.bold[0].shape == (smoke_spec.data.run_vols, smoke_spec.data.n_parcels)
+    codes = ds.tokens(ds.replays("train")[0]["name"])
+    assert codes.shape[1:] == tuple(ds.latent_shape)
+    assert codes.max() < smoke_spec.tokenizer.n_codes
+
+
+def test_trial_trains_and_scores(trial_config, tmp_path):
+    rec = Recorder(tmp_path)
+    final = trial.run(trial_config, rec)
+    assert all("val_loss" in m for m in rec.metrics)  # the sweep metric is in every report
+    assert final["done"] and "error" not in final
+    assert math.isfinite(final["val_loss"])
+    assert final["val_loss"] < math.log(final["vocab_size"])  # it learned something
+    assert final["train_flops"] == pytest.approx(final["flops_per_token"] * final["tokens"])
+    assert final["tokens"] == final["step"] * final["batch_size"] * final["n_ctx"]
+    for key in ("brain_r_mean", "brain_r_max", "brain_r_top10", "ceiling_frac", "r_mean_sub-01"):
+        assert np.isfinite(final[key]), key
+    assert final["brain_r_max"] < 1.0 and final["ceiling_frac"] < 1.0
+    assert len(rec.checkpoints) == trial_config["train"]["epochs"]
+
+
+def test_same_seed_same_curve(trial_config, tmp_path):
+    a, b = Recorder(tmp_path / "a"), Recorder(tmp_path / "b")
+    trial.run(trial_config, a)
+    trial.run(trial_config, b)
+    assert [m["train_loss"] for m in a.metrics] == [m["train_loss"] for m in b.metrics]
+    assert a.metrics[-1]["brain_r_mean"] == b.metrics[-1]["brain_r_mean"]
+
+
+def test_resume_matches_uninterrupted_run(trial_config, tmp_path):
+    cfg = {**trial_config, "train": {**trial_config["train"], "epochs": 2}}
+    full = Recorder(tmp_path / "full")
+    expected = trial.run(cfg, full)
+    resumed = Recorder(tmp_path / "resumed")
+    got = trial.run(cfg, resumed, checkpoint_dir=full.checkpoints[0])  # as if moved after epoch 1
+    assert got["val_loss"] == expected["val_loss"]
+    assert got["step"] == expected["step"]
+    assert got["brain_r_mean"] == pytest.approx(expected["brain_r_mean"], abs=1e-6)
+
+
+def test_checkpoint_loads_with_weights_only(trial_config, tmp_path):
+    rec = Recorder(tmp_path)
+    trial.run(trial_config, rec)
+    ckpt = torch.load(f"{rec.checkpoints[0]}/{trial.CHECKPOINT}", weights_only=True)
+    assert {"model", "optimizer", "scaler", "rng_cpu", "step", "best_val_loss", "config"} <= set(ckpt)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_runs_on_cpu(trial_config, tmp_path, dtype):
+    final = trial.run({**trial_config, "dtype": dtype}, Recorder(tmp_path))
+    assert math.isfinite(final["val_loss"]) and "error" not in final
+
+
+def test_divergence_is_reported_as_failure(trial_config, tmp_path):
+    cfg = {**trial_config, "train": {**trial_config["train"], "lr": float("inf"), "warmup_frac": 0.0}}
+    rec = Recorder(tmp_path)
+    final = trial.run(cfg, rec)
+    assert final["error"].startswith("diverged: loss=nan")
+    assert rec.metrics[-1] is not None and rec.metrics[-1]["done"]
+
+
+def test_data_budget_too_small_for_a_clip_pair(trial_config, tmp_path):
+    with pytest.raises(ValueError, match="data_frames=10 gives no pair of consecutive clips"):
+        trial.run({**trial_config, "data_frames": 10}, Recorder(tmp_path))
