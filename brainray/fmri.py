@@ -406,7 +406,9 @@ def find_runs(
 # ----------------------------------------------------------------------------- parcels
 
 
-def _load_confounds(run: BoldRun, n_vols: int, confound_strategy: str, global_signal: str | None):
+def _load_confounds(
+    run: BoldRun, n_vols: int, confound_strategy: str, global_signal: str | None
+) -> pd.DataFrame:
     """Confounds (n_vols, n_confounds) from nilearn, checked against the raw TSV for NaNs."""
     from nilearn.interfaces.fmriprep import load_confounds_strategy
 
@@ -460,9 +462,9 @@ def extract_parcels(
 ) -> np.ndarray:
     """Denoised parcel time series of one run.
 
-    The image is smoothed, each voxel's series is cleaned by regressing out the confounds
-    ``C`` (``y - C (C^+ y)``, after z-scoring ``C``) and z-scored over time (``standardize``),
-    then voxels are averaged within each label:
+    The image is smoothed and voxels are averaged within each label; each parcel's series
+    ``y`` is then cleaned by regressing out the confounds ``C`` (``y - C C^+ y``, ``C``
+    z-scored) and z-scored over time (``standardize``), as nilearn does:
     ``NiftiLabelsMasker(labels_img, smoothing_fwhm, standardize, detrend=False, t_r=run.tr)``
     with ``confounds = load_confounds_strategy(run.bold_path, confound_strategy,
     global_signal=global_signal)``.
