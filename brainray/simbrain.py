@@ -251,9 +251,8 @@ class RunStimulus:
         if not (isinstance(self.fps, (int, float)) and self.fps > 0):
             raise ValueError(f"RunStimulus.fps must be a positive number; got {self.fps!r}.")
         if self.onsets is None:
-            n = len(self.frames)
             if self.duration is None:
-                self.duration = n / self.fps
+                self.duration = len(self.frames) / self.fps
         elif self.duration is None:
             raise ValueError(
                 "RunStimulus.duration is required when onsets are given; pass the run "
@@ -500,7 +499,7 @@ def _visual_features(
         out["contrast"][a:b] = np.sqrt(np.maximum(window_mean(lum * lum) - mean * mean, 0))
         out["motion"][a:b] = window_mean(np.abs(ext[2:] - ext[1:-1])) * fps
         out["surprise"][a:b] = window_mean(np.abs(ext[2:] - 2 * ext[1:-1] + ext[:-2])) * fps
-        history = ext[-2:] * 0 + ext[-1:]
+        history = ext[-2:]
     return {f"{k}-{g}": v[:, g] for k, v in out.items() for g in range(n_win)}
 
 
@@ -800,15 +799,18 @@ def _signals(
     return [r * gain for r in raw]
 
 
+def _run_tr_features(run: RunStimulus, config: SimBrainConfig) -> dict[str, np.ndarray]:
+    """HRF-convolved features of one run at its volume times; (n_vols,) each."""
+    feats = _timeline_features(run, config.grid)
+    return hrf_features(feats, run.n_volumes(config.tr), config.tr, run.fps)
+
+
 def _simulate(
     runs: list[RunStimulus], parcels: list[Parcel], rngs: list[np.random.Generator],
     config: SimBrainConfig, tr_feats: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if tr_feats is None:
-        tr_feats = [
-            hrf_features(_timeline_features(r, config.grid), r.n_volumes(config.tr), config.tr, r.fps)
-            for r in runs
-        ]
+        tr_feats = [_run_tr_features(r, config) for r in runs]
     missing = sorted({f for p in parcels for f in p.features} - set(tr_feats[0]))
     if missing:
         raise ValueError(
@@ -897,12 +899,17 @@ def simulate_subject(
                 f"runs[{i}] lasts {run.duration:g} s, less than 2 volumes at tr={config.tr}; "
                 "give longer runs."
             )
-    tr_feats = [
-        hrf_features(_timeline_features(r, config.grid), r.n_volumes(config.tr), config.tr, r.fps)
-        for r in runs
-    ]
+    tr_feats = [_run_tr_features(r, config) for r in runs]
+    for i, feats in enumerate(tr_feats[1:], start=1):
+        if set(feats) != set(tr_feats[0]):
+            raise ValueError(
+                f"runs[{i}] has features {sorted(set(feats) ^ set(tr_feats[0]))} that runs[0] "
+                "lacks or the reverse; give every run the same number of buttons."
+            )
     live = [f for f in tr_feats[0] if any(np.ptp(t[f]) > 0 for t in tr_feats)]
     parcels = make_parcels(subject, live, config)
-    rngs = [np.random.default_rng(_seed_sequence(subject, config.seed, 1 + i)) for i in range(len(runs))]
+    rngs = [
+        np.random.default_rng(_seed_sequence(subject, config.seed, 1 + i)) for i in range(len(runs))
+    ]
     bold, signal = _simulate(runs, parcels, rngs, config, tr_feats)
     return SubjectData(subject, bold, signal, parcels, config)

@@ -241,14 +241,17 @@ def test_stimulus_features_events_and_buttons():
     np.testing.assert_array_equal(f["button-0"], 0)
 
 
+_OK = np.zeros((4, 4, 4, 3), np.uint8)
+
+
 @pytest.mark.parametrize(
     ("frames", "actions", "rewards", "grid", "match"),
     [
-        (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 1)), np.zeros(4), 1, r"shape \(n_frames, height"),
-        (np.zeros((4, 4, 4, 3)), np.zeros((4, 1)), np.zeros(4), 1, "frames must be uint8"),
-        (np.zeros((4, 4, 4, 3), np.uint8), np.zeros((3, 1)), np.zeros(4), 1, r"actions must have shape \(n_frames=4"),
-        (np.zeros((4, 4, 4, 3), np.uint8), np.zeros((4, 1)), np.zeros(5), 1, r"rewards must have shape \(n_frames=4"),
-        (np.zeros((4, 4, 4, 3), np.uint8), np.zeros((4, 1)), np.zeros(4), 5, "too small for a 5x5 grid"),
+        (_OK[..., 0], np.zeros((4, 1)), np.zeros(4), 1, r"shape \(n_frames, height"),
+        (_OK.astype(float), np.zeros((4, 1)), np.zeros(4), 1, "frames must be uint8"),
+        (_OK, np.zeros((3, 1)), np.zeros(4), 1, r"actions must have shape \(n_frames=4"),
+        (_OK, np.zeros((4, 1)), np.zeros(5), 1, r"rewards must have shape \(n_frames=4"),
+        (_OK, np.zeros((4, 1)), np.zeros(4), 5, "too small for a 5x5 grid"),
     ],
 )
 def test_stimulus_features_errors(frames, actions, rewards, grid, match):
@@ -298,7 +301,8 @@ def test_make_parcels_counts_and_reproducible():
 
 
 def test_make_parcels_errors():
-    with pytest.raises(ValueError, match=r"'motor' parcels were asked for .*fractions\['motor'\] = 0"):
+    match = r"'motor' parcels were asked for .*fractions\['motor'\] = 0"
+    with pytest.raises(ValueError, match=match):
         make_parcels("sub-01", ["lum-0", "event"])
     with pytest.raises(ValueError, match="subject must be a non-empty string"):
         make_parcels("", ["lum-0"])
@@ -388,7 +392,9 @@ def test_noise_is_ar1_plus_drift():
     acts, rews = np.zeros((len(frames), 1), bool), np.zeros(len(frames))
     only_noise = {"visual": 0.0, "predictive": 0.0, "motor": 0.0, "none": 1.0}
     for drift in (0.0, 1.0):
-        cfg = SimBrainConfig(n_parcels=40, tr=tr, fractions=only_noise, drift_amplitude=drift, grid=1)
+        cfg = SimBrainConfig(
+            n_parcels=40, tr=tr, fractions=only_noise, drift_amplitude=drift, grid=1
+        )
         parcels = make_parcels("sub-01", [], cfg)
         bold, signal = simulate_run(
             frames, acts, rews, n_vols, parcels, np.random.default_rng(0), cfg
@@ -435,7 +441,8 @@ def test_run_stimulus_and_simulate_errors(runs, subject):
         RunStimulus([f], [ac], [rw], onsets=[0.0])
     with pytest.raises(ValueError, match="fps must be a positive number"):
         RunStimulus(f, ac, rw, fps=0)
-    cfg = SimBrainConfig(n_parcels=4, grid=2, fractions={"visual": 1.0, "predictive": 0.0, "motor": 0.0, "none": 0.0})
+    only_visual = {"visual": 1.0, "predictive": 0.0, "motor": 0.0, "none": 0.0}
+    cfg = SimBrainConfig(n_parcels=4, grid=2, fractions=only_visual)
     parcels = make_parcels("sub-01", ["lum-0"], cfg)
     rng = np.random.default_rng(0)
     bad = [
@@ -451,7 +458,7 @@ def test_run_stimulus_and_simulate_errors(runs, subject):
     with pytest.raises(ValueError, match="n_vols must be an integer >= 2"):
         simulate_run(f, ac, rw, 1, parcels, rng, cfg)
     alien = [Parcel("p00-motor-button-9", "motor", ("button-9",), (1.0,), 1.0)]
-    with pytest.raises(ValueError, match=r"features \['button-9'\] that this stimulus does not have"):
+    with pytest.raises(ValueError, match=r"features \['button-9'\] that this stimulus does not"):
         simulate_run(f, ac, rw, 3, alien, rng, cfg)
     with pytest.raises(ValueError, match="runs is empty"):
         simulate_subject([], "sub-01")
@@ -459,3 +466,5 @@ def test_run_stimulus_and_simulate_errors(runs, subject):
         simulate_subject([(f, ac, rw)], "sub-01")
     with pytest.raises(ValueError, match=r"runs\[0\] lasts 0.5 s, less than 2 volumes"):
         simulate_subject([RunStimulus(f[:30], ac[:30], rw[:30])], "sub-01")
+    with pytest.raises(ValueError, match=r"runs\[1\] has features \['button-3'\]"):
+        simulate_subject([RunStimulus(f, ac, rw), RunStimulus(f, ac[:, :3], rw)], "sub-01")
