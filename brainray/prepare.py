@@ -78,8 +78,8 @@ def _record(args: tuple[str, int, int, str, str, int]) -> dict[str, Any]:
     root_p = Path(root)
     name = f"play-{seed:04d}"
     bk2 = gameplay.record_play(root_p / "replays" / f"{name}.bk2", n_frames, seed=seed, game=game, policy=policy)
-    rep = gameplay.replay(bk2)
-    frames = video.resize_frames(rep.frames, size)
+    rep = gameplay.replay(bk2, size=size)  # resized while replaying: native frames are never all held
+    frames = rep.frames
     video.FrameStore(root_p / "frames").write(name, frames)
     np.savez(root_p / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards)
     return {"name": name, "n_frames": int(len(frames)), "bk2": f"replays/{name}.bk2"}

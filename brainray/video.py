@@ -65,7 +65,9 @@ def _check_frames(frames: np.ndarray, what: str = "frames") -> np.ndarray:
             f"{what!r} must have shape (n_frames, height, width, 3); got {frames.shape}."
         )
     if frames.dtype != np.uint8:
-        raise TypeError(f"{what!r} must be uint8; got {frames.dtype}. Convert with .astype(np.uint8).")
+        raise TypeError(
+            f"{what!r} must be uint8; got {frames.dtype}. Convert with .astype(np.uint8)."
+        )
     return frames
 
 
@@ -366,7 +368,8 @@ def get_clips(
         ``clips[c, j] = frames[starts[c] + j * time_downsample]``.
     """
     starts = np.asarray(starts, dtype=np.int64).reshape(-1)
-    idx = starts[:, None] + np.arange(int(clip_frames)) * int(time_downsample)  # (n_clips, clip_frames)
+    offsets = np.arange(int(clip_frames)) * int(time_downsample)
+    idx = starts[:, None] + offsets  # (n_clips, clip_frames)
     if len(starts) and (idx.min() < 0 or idx.max() >= len(frames)):
         bad = starts[(idx.min(1) < 0) | (idx.max(1) >= len(frames))]
         raise ValueError(

@@ -13,11 +13,6 @@ from brainray.video import FrameStore, budget_prefix, clip_starts, get_clips, re
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
-@pytest.fixture
 def frames(rng):
     return rng.integers(0, 256, size=(5, 24, 32, 3), dtype=np.uint8)
 
