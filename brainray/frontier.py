@@ -22,6 +22,7 @@ References: scaling-laws.md (reference notes) §0-§7; DESIGN.md "Frontier analy
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -33,11 +34,17 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+try:  # a dependency of scikit-learn, so normally present
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
 __all__ = [
     "LawFit",
     "fit_law",
     "pareto_front",
     "allocation_discrete",
+    "config_frontier",
     "axis_effects",
     "dtype_comparison",
     "analyze",
@@ -420,6 +427,14 @@ def _fit_core(N: np.ndarray, D: np.ndarray, y: np.ndarray, delta: float,
     return params, best_f * delta, best_ok
 
 
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Run BLAS single-threaded: the fit's arrays are tiny, and with busy cores
+    OpenBLAS threads spinning on 3x3 solves made one fit 10-40x slower (measured)."""
+    if threadpool_limits is None:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _check_inputs(N: Any, D: Any, y: Any, form: str) -> tuple[np.ndarray, ...]:
     if form not in FORMS:
         raise ValueError(f"fit_law: 'form' must be one of {FORMS}; got {form!r}.")
@@ -547,7 +562,8 @@ def fit_law(N: Any, D: Any, y: Any, form: str = "chinchilla", delta: float = 1e-
         raise ValueError(f"fit_law: 'bootstrap' must be >= 0; got {bootstrap!r}.")
     ceil_value, estimated, n_clipped = None, False, 0
     if form == "ceiling_gap":
-        target, c, estimated, n_clipped = _gap(N, D, y, ceiling, delta)
+        with _one_blas_thread():
+            target, c, estimated, n_clipped = _gap(N, D, y, ceiling, delta)
         ceil_value = float(np.mean(c))
     else:
         if np.any(y <= 0):
@@ -561,14 +577,16 @@ def fit_law(N: Any, D: Any, y: Any, form: str = "chinchilla", delta: float = 1e-
         if len(groups) != len(y):
             raise ValueError(f"fit_law: 'groups' must have one label per row; got "
                              f"{len(groups)} labels for {len(y)} rows.")
-    t0 = time.perf_counter()
-    params, obj, ok = _fit_core(N, D, target, delta)
-    fit_s = time.perf_counter() - t0
+    with _one_blas_thread():
+        t0 = time.perf_counter()
+        params, obj, ok = _fit_core(N, D, target, delta)
+        fit_s = time.perf_counter() - t0
+        boot, failed = (_bootstrap(N, D, target, delta, bootstrap, seed, groups)
+                        if bootstrap else (None, 0))
     fit = LawFit(*map(float, params), form=form, objective=obj, n_used=len(y),
                  delta=delta, ceiling=ceil_value, ceiling_estimated=estimated,
                  n_clipped=n_clipped, converged=ok, fit_seconds=fit_s)
     if bootstrap:
-        boot, failed = _bootstrap(N, D, target, delta, bootstrap, seed, groups)
         fit.n_bootstrap, fit.n_bootstrap_failed = bootstrap, failed
         if len(boot) >= 2:
             fit.boot = boot
@@ -755,9 +773,61 @@ def allocation_discrete(trials_df: pd.DataFrame, budgets: Any, metric: str = "va
     cols = (["budget", "n_candidates"] + keys + ["N", "D", "cost", "predicted", "observed",
                                                  "fill_n_embd", "fill_n_layer", "fill_N",
                                                  "fill_D", "fill_predicted"])
-    out = pd.DataFrame(rows)
-    return out.reindex(columns=[c for c in cols if c in out.columns or c in
-                                ("N", "D", "cost", "predicted", "observed")])
+    return pd.DataFrame(rows).reindex(columns=cols)  # NaN where no config fits C
+
+
+def _architectures(trials_df: pd.DataFrame) -> pd.DataFrame:
+    """Unique model architectures run: N and mean training FLOPs per token."""
+    df = trials_df.assign(_cpt=_cost_per_token(trials_df))
+    keys = [k for k in ("n_embd", "n_layer") if k in df.columns] or ["params_nonembed"]
+    return (df.groupby(keys).agg(N=("params_nonembed", "mean"), cpt=("_cpt", "mean"))
+            .reset_index())
+
+
+def config_frontier(fit: LawFit, trials_df: pd.DataFrame, budgets: Any,
+                    level: float | None = None) -> Any:
+    """Predicted metric at the best architecture run for each budget, at its true cost.
+
+    For every architecture of the trial log (``n_embd, n_layer``) the data that a budget
+    C buys is ``D = C / flops_per_token``; the frontier is the best predicted metric over
+    architectures. Unlike :meth:`LawFit.frontier` (closed form under C = k N D) it uses
+    the true per-token cost, which for small GPT-2s is dominated by the LM head.
+
+    Parameters
+    ----------
+    fit : LawFit
+        Fitted law of the metric.
+    trials_df : DataFrame
+        Usable trials (``params_nonembed, tokens, train_flops`` or ``flops_per_token``).
+    budgets : array_like of shape (n_budgets,)
+        Compute budgets (FLOPs).
+    level : float, optional
+        If given and the fit has bootstrap estimates, also return the percentile band.
+
+    Returns
+    -------
+    ndarray of shape (n_budgets,), or (value, lo, hi) when ``level`` is given.
+    """
+    arch = _architectures(trials_df)
+    C = np.atleast_1d(np.asarray(budgets, dtype=float))
+    N = arch["N"].to_numpy()[None, :]
+    D = C[:, None] / arch["cpt"].to_numpy()[None, :]
+    pick = np.max if fit.form == "ceiling_gap" else np.min
+
+    def best(f: LawFit) -> np.ndarray:
+        return pick(f.predict(N, D), axis=1)
+
+    value = best(fit)
+    if level is None:
+        return value
+    nan = np.full_like(value, np.nan)
+    if fit.boot is None or len(fit.boot) < 2:
+        return value, nan, nan.copy()
+    curves = np.array([best(LawFit(*row, form=fit.form, ceiling=fit.ceiling))
+                       for row in fit.boot])
+    q = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(curves, [q, 100 - q], axis=0)
+    return value, lo, hi
 
 
 def _mode(s: pd.Series) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from brainray import frontier
 from brainray.frontier import (
@@ -346,7 +347,8 @@ def test_axis_effects_t_interval_over_seeds():
     eff = axis_effects(df, "brain_r_mean", axes=("n_embd",))
     g = df[df["n_embd"] == 64]["brain_r_mean"]
     row = eff[eff["value"] == 64].iloc[0]
-    half = 3.182446305284263 * g.std(ddof=1) / 2  # t_{0.975, 3} * sd / sqrt(4)
+    assert row["n"] == len(g) == 8  # 4 seeds x 2 data sizes (data_frames not held)
+    half = stats.t.ppf(0.975, 7) * g.std(ddof=1) / math.sqrt(8)
     assert row["mean"] == pytest.approx(g.mean())
     assert row["ci_hi"] - row["mean"] == pytest.approx(half)
 
@@ -415,7 +417,7 @@ def test_analyze_too_few_trials(trials):
 
 
 def test_analyze_single_axis_value(trials):
-    one_size = trials[(trials["n_embd"] == 256) & (trials["n_layer"] == 4)]
+    one_size = simulate_trials(n_embd=(256,), n_layer=(4,), seeds=(0, 1), brain_law=BRAIN)
     with pytest.raises(ValueError, match="same params_nonembed .* n_embd or n_layer"):
         analyze(one_size)
     one_data = trials[trials["data_frames"] == 100_000]

@@ -1,0 +1,87 @@
+"""Benchmark: one scaling-law fit and 1000 bootstrap re-fits on 200 synthetic trials.
+
+Targets (issue 8): one fit < 1 s, 1000 bootstraps < 60 s on 2 CPU cores. Also times the
+Chinchilla fixture fit (240 runs) and reports its parameters beside the Epoch AI
+replication's. Writes results/benchmarks/frontier_fit.json.
+
+    python benchmarks/frontier_fit.py [--n-boot 1000] [--out results/benchmarks/frontier_fit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainray.frontier import fit_law
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "chinchilla_runs.csv"
+TRUTH = (1.817, 482.0, 2085.4, 0.3478, 0.3658)  # Epoch AI's Chinchilla fit as the truth
+EPOCH = {"E": 1.817, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658, "a": 0.513}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-trials", type=int, default=200)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--noise", type=float, default=0.01, help="log-normal loss noise")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "results" / "benchmarks" / "frontier_fit.json")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    n = args.n_trials
+    N = np.exp(rng.uniform(np.log(1e5), np.log(8.5e7), n))
+    D = np.exp(rng.uniform(np.log(1e7), np.log(6e9), n))
+    E, A, B, al, be = TRUTH
+    y = (E + A * N ** -al + B * D ** -be) * np.exp(args.noise * rng.standard_normal(n))
+
+    fit_law(N, D, y)  # warm-up (imports, caches)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fit = fit_law(N, D, y)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    boot = fit_law(N, D, y, bootstrap=args.n_boot, seed=0)
+    t_boot = time.perf_counter() - t0 - boot.fit_seconds
+
+    result = {
+        "benchmark": "frontier_fit",
+        "n_trials": n, "noise_sd_log": args.noise, "truth": dict(zip(
+            ("E", "A", "B", "alpha", "beta"), TRUTH)),
+        "one_fit_s_median": float(np.median(times)), "one_fit_s_max": float(max(times)),
+        "n_bootstrap": args.n_boot, "bootstrap_total_s": t_boot,
+        "bootstrap_per_refit_ms": 1e3 * t_boot / args.n_boot,
+        "bootstrap_failed": boot.n_bootstrap_failed,
+        "fit": {k: getattr(fit, k) for k in ("E", "A", "B", "alpha", "beta", "a")},
+        "ci95": boot.ci,
+        "targets": {"one_fit_s": 1.0, "bootstrap_1000_s": 60.0},
+        "meets_targets": bool(np.median(times) < 1.0
+                              and t_boot * 1000 / args.n_boot < 60.0),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+    }
+    if FIXTURE.exists():
+        df = pd.read_csv(FIXTURE).sort_values("loss").iloc[:-5]
+        Nc = df["Model Size"].to_numpy()
+        t0 = time.perf_counter()
+        cf = fit_law(Nc, df["Training FLOP"].to_numpy() / (6 * Nc), df["loss"].to_numpy())
+        result["chinchilla_fixture"] = {
+            "n_runs": cf.n_used, "fit_s": time.perf_counter() - t0,
+            "ours": {k: getattr(cf, k) for k in EPOCH}, "epoch_published": EPOCH,
+            "objective": cf.objective}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
