@@ -1,0 +1,112 @@
+"""Training throughput of the trial's GPT-2 step: tokens/s and MFU per (width, dtype).
+
+    python benchmarks/trial_throughput.py                 # CPU-sized grid
+    python benchmarks/trial_throughput.py --paper         # reference model d=576 L=8 H=4, ctx 512 (GPU)
+    python benchmarks/trial_throughput.py --compile       # also torch.compile
+
+Times exactly what a trial runs per step (``gpt.next_clip_loss`` forward, backward, clip,
+AdamW step, under the trial's autocast/GradScaler settings) after warm-up steps, and
+writes ``results/benchmarks/trial_throughput.json``. FLOPs are ``train_flops_per_token``
+(checked against FlopCounterMode in tests/test_gpt.py); MFU uses the datasheet peak of
+``gpt.peak_flops`` and is empty where the peak is unknown (CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from brainray import gpt
+
+OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "trial_throughput.json"
+
+
+def measure(d: int, L: int, H: int, dtype: str, V: int, T: int, batch: int, steps: int,
+            device: torch.device, compile_: bool) -> dict:
+    torch.manual_seed(0)
+    spec = gpt.GPTSpec(d, L, H, V, T, dropout=0.0)
+    model = gpt.build_model(spec).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+    amp = gpt.autocast_dtype(dtype)
+    loss_fn = torch.compile(gpt.next_clip_loss, static_argnums=(2,)) if compile_ else gpt.next_clip_loss
+    seq = torch.randint(0, V, (batch, 2 * T), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model, seq, T)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3 if not compile_ else 10):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tokens_per_s = steps * batch * 2 * T / dt
+    fpt = gpt.train_flops_per_token(L, d, V, 2 * T, n_logits=T)
+    peak = gpt.peak_flops(device, dtype)
+    return {
+        "n_embd": d, "n_layer": L, "n_head": H, "dtype": dtype, "compile": compile_, "vocab_size": V,
+        "n_ctx": 2 * T, "batch_size": batch, "params": gpt.count_params(model)[0],
+        "tokens_per_s": tokens_per_s, "tflops_per_s": fpt * tokens_per_s / 1e12,
+        "mfu": fpt * tokens_per_s / peak if peak else None, "step_ms": 1e3 * dt / steps,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--paper", action="store_true", help="reference model d=576 L=8 H=4, 256 tokens per clip")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (a trial uses train.threads)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = gpt.pick_device()
+    if args.paper:
+        configs, V, T, batch = [(576, 8, 4), (128, 8, 4)], 1024, 256, 64
+    else:
+        configs, V, T, batch = [(16, 2, 2), (48, 2, 2), (96, 2, 2), (192, 4, 4)], 128, 32, 32
+    dtypes = ["fp32", "bf16", "fp16"]
+    steps = args.steps or (20 if device.type == "cuda" else 10)
+    rows = []
+    for d, L, H in configs:
+        for dtype in dtypes:
+            for comp in ([False, True] if args.compile else [False]):
+                r = measure(d, L, H, dtype, V, T, batch, steps, device, comp)
+                rows.append(r)
+                mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+                print(f"d={d:4d} L={L} {dtype} compile={comp}: {r['tokens_per_s']:,.0f} tok/s "
+                      f"{r['tflops_per_s']:.3f} TFLOP/s MFU {mfu}")
+    for d, L, H in configs:
+        base = next(r for r in rows if r["n_embd"] == d and r["dtype"] == "fp32" and not r["compile"])
+        for r in rows:
+            if r["n_embd"] == d:
+                r["speedup_vs_fp32"] = r["tokens_per_s"] / base["tokens_per_s"]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    result = {
+        "device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    out = OUT.with_name(OUT.stem + ("_paper" if args.paper else "") + f"_{device.type}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
