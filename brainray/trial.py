@@ -146,7 +146,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
             with autocast():
                 loss = gpt.next_clip_loss(model, batch, T)
             if not torch.isfinite(loss):
-                return _diverged(report, progress(float(loss), last_val), state["step"], float(loss))
+                return _diverged(report, progress(loss.item(), last_val), state["step"], loss.item())
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
@@ -187,7 +187,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
     model.eval()
     scores = score_brain(model, ds, gpt.feature_layer(spec.n_layer, tr.feature_depth), tr, device)
     final = {
-        **progress(float("nan"), last_val),
+        **progress(loss.item(), last_val),
         **scores,
         "val_loss": state["best_val_loss"],
         "final_val_loss": last_val,
@@ -212,10 +212,11 @@ def _pairs(ds: Dataset, split: str, data_frames: int | None) -> torch.Tensor:
     seqs = []
     for play, take in zip(plays, takes):
         n_clips = take // ds.clip_span
+        if n_clips < 2:
+            continue
         codes = torch.from_numpy(np.asarray(ds.tokens(play["name"])[:n_clips], dtype=np.int64))
-        flat = codes.reshape(len(codes), -1)  # (n_clips, T) in (t, h, w) order
-        if len(flat) >= 2:
-            seqs.append(torch.cat([flat[:-1], flat[1:]], dim=1))
+        flat = codes.reshape(n_clips, -1)  # (n_clips, T) in (t, h, w) order
+        seqs.append(torch.cat([flat[:-1], flat[1:]], dim=1))
     if not seqs:
         raise ValueError(
             f"data_frames={data_frames} gives no pair of consecutive clips in the {split!r} plays "
