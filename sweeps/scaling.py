@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our chosen columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from brainray.sweep import run_sweep  # imports Ray: after argument checks, so --help is instant
 
