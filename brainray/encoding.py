@@ -17,8 +17,12 @@ diag(lam) U^T when there are more features than training samples). Then, for eve
 alpha, W(alpha) = L diag(1 / (lam + alpha)) B with L = V, B = V^T X_s^T Y (primal) or
 L = X_s^T U, B = U^T Y (dual), so a penalty costs one (n_val, r) x (r, n_targets)
 product. The fold's gram and X^T Y come from the full-data ones minus the held-out run's
-(one pass over the data for all folds). The design note's block hat-matrix shortcut is
-exact only without per-fold scaling, so it is not used here.
+(one pass over the data for all folds).
+
+Without per-fold scaling (``standardize=False``) there is a faster exact path: one
+eigendecomposition of all the data, and the held-out residuals of each run k from the
+block hat matrix, e_k = (I - H_kk)^{-1} (y_k - yhat_k) (solver 'hat'). Per-fold scaling
+changes the model in every fold, so the default (standardize=True) cannot use it.
 
 References: the seed paper's encoding (Ahmadi et al. 2024, arXiv 2410.19810; FIR delays
 1-4 TRs, RidgeCV grid below) and himalaya (Dupre la Tour et al. 2022) for the solver
@@ -72,7 +76,8 @@ def _as_2d_float(A: Any, name: str, *, allow_1d: bool = False) -> tuple[np.ndarr
         raise TypeError(f"{name} is a sparse matrix; RidgeEncoder needs a dense array. "
                         f"Call {name}.toarray() first.")
     if A is None:
-        raise ValueError(f"{name} is None; RidgeEncoder requires {name} to be passed.")
+        raise ValueError(f"RidgeEncoder requires {name} to be passed, but the target "
+                         f"{name} is None.")
     arr = np.asarray(A)
     was_1d = arr.ndim == 1
     if was_1d and allow_1d:
@@ -396,6 +401,46 @@ def _solve_dual(X: torch.Tensor | None, Y: torch.Tensor | None,
 RIDGE_SOLVERS = {"primal": _solve_primal, "dual": _solve_dual}
 
 
+def _hat_cv_mse(Xc: torch.Tensor, Yc: torch.Tensor, folds: list, alphas: torch.Tensor,
+                chunk: int, kind: str) -> tuple[torch.Tensor, tuple]:
+    """Held-out MSE of every fold from one factorisation of the full data.
+
+    With an unpenalised intercept and no per-fold scaling, the hat matrix of the full
+    fit is H = 11^T / n + F diag(h) F^T, and the residuals of the model refitted
+    without block k are exactly e_k = (I - H_kk)^{-1} (y_k - yhat_k). Here F = Xc V,
+    h = 1 / (lam + alpha) (primal, eigh of Xc^T Xc) or F = U, h = lam / (lam + alpha)
+    (dual, eigh of Xc Xc^T). Xc (n, p) and Yc (n, t) are centred on all samples.
+
+    Returns mse of shape (n_folds, n_alphas, n_targets) and the full-data factors
+    (lam, left, B) of the solvers, for the refit.
+    """
+    n, t = Yc.shape
+    if kind == "primal":
+        lam, V = torch.linalg.eigh(Xc.T @ Xc)
+        lam = lam.clamp_min(0)
+        F, num, left = Xc @ V, torch.ones_like(lam), V  # (n, p)
+    else:
+        lam, U = torch.linalg.eigh(Xc @ Xc.T)
+        lam = lam.clamp_min(0)
+        F, num, left = U, lam, Xc.T @ U
+    B = F.T @ Yc  # (r, t): V^T Xc^T Y (primal) or U^T Y (dual)
+    mse = torch.zeros((len(folds), len(alphas), t), dtype=Xc.dtype, device=Xc.device)
+    for f, (_, val) in enumerate(folds):
+        Fk, Yk = F[val], Yc[val]  # (n_k, r), (n_k, t)
+        eye = torch.eye(len(val), dtype=Xc.dtype, device=Xc.device)
+        for k, alpha in enumerate(alphas):
+            Fh = Fk * (num / (lam + alpha))  # (n_k, r)
+            I_H = eye - 1.0 / n - Fh @ Fk.T  # (n_k, n_k), SPD: eigenvalues in (0, 1]
+            L, info = torch.linalg.cholesky_ex(I_H)
+            for c0 in range(0, t, chunk):
+                cols = slice(c0, c0 + chunk)
+                resid = Yk[:, cols] - Fh @ B[:, cols]  # full-fit residuals of block k
+                E = (torch.cholesky_solve(resid, L) if info.item() == 0
+                     else torch.linalg.solve(I_H, resid))  # held-out residuals
+                mse[f, k, cols] = (E ** 2).mean(0)
+    return mse, (lam, left, B)
+
+
 def _is_constant(var: torch.Tensor, mean: torch.Tensor, n: int) -> torch.Tensor:
     """Zero-variance test of sklearn's StandardScaler (_is_constant_feature)."""
     eps = torch.finfo(var.dtype).eps
@@ -438,9 +483,13 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
     target_chunk : int or None, default=2048
         Targets per block in the alpha loop; bounds the temporaries to
         (n_validation_samples, target_chunk) per alpha. None: all targets at once.
-    solver : {'auto', 'primal', 'dual'}, default='auto'
-        Key of ``RIDGE_SOLVERS``. 'auto' uses 'dual' when a training part has fewer
-        samples than features, else 'primal'.
+    solver : {'auto', 'primal', 'dual', 'hat'}, default='auto'
+        'primal' or 'dual' (keys of ``RIDGE_SOLVERS``): one eigendecomposition per fold.
+        'hat': one of the full data, exact held-out residuals through the block hat
+        matrix; needs ``standardize=False`` (per-fold scaling changes the model in every
+        fold). 'auto' uses 'hat' when standardize is False and no validation fold is
+        larger than min(n_samples, n_features); otherwise 'dual' when a training part
+        has fewer samples than features, else 'primal'.
 
     Attributes
     ----------
@@ -456,7 +505,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
     n_splits_ : int
         Number of CV folds.
     solver_ : str
-        Solver used on the full data ('primal' or 'dual').
+        Cross-validation path used: 'primal', 'dual' or 'hat'.
     device_ : str
         Device the solver ran on.
 
@@ -497,34 +546,44 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         delays = _check_delays(self.delays)
         if self.dtype not in _DTYPES:
             raise ValueError(f"'dtype' must be one of {set(_DTYPES)}; got {self.dtype!r}.")
-        if self.solver != "auto" and self.solver not in RIDGE_SOLVERS:
-            raise ValueError(f"'solver' must be 'auto' or one of {sorted(RIDGE_SOLVERS)}; "
-                             f"got {self.solver!r}.")
+        if self.solver not in ("auto", "hat") and self.solver not in RIDGE_SOLVERS:
+            raise ValueError(f"'solver' must be 'auto', 'hat' or one of "
+                             f"{sorted(RIDGE_SOLVERS)}; got {self.solver!r}.")
+        if self.solver == "hat" and self.standardize:
+            raise ValueError("solver='hat' needs standardize=False: per-fold scaling "
+                             "changes the model in every fold. Use solver='auto'.")
         if self.target_chunk is not None and not (
                 isinstance(self.target_chunk, numbers.Integral) and self.target_chunk >= 1):
             raise ValueError(f"'target_chunk' must be None or an int >= 1; got "
                              f"{self.target_chunk!r}.")
         return alphas, delays, _DTYPES[self.dtype]
 
+    def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
+        """2-D float64 X; records or checks n_features_in_ (and feature names)."""
+        if not scipy.sparse.issparse(X) and X is not None and np.asarray(X).ndim != 2:
+            _as_2d_float(X, "X")  # raises the ndim error
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        return _as_2d_float(X, "X")[0]
+
     def _delayed(self, X: np.ndarray, groups: Any, delays: tuple[int, ...] | None
                  ) -> np.ndarray:
         return X if delays is None else make_delays(X, delays, groups)
 
     def _pick_solver(self, n_train: int, n_features: int) -> str:
-        if self.solver != "auto":
+        if self.solver in RIDGE_SOLVERS:
             return self.solver
         return "dual" if n_features > n_train else "primal"
 
     # -- API
-    def fit(self, X: Any, Y: Any, groups: Any = None) -> RidgeEncoder:
+    def fit(self, X: Any, y: Any, groups: Any = None) -> RidgeEncoder:
         """Choose alpha per target by CV over groups, then refit on all samples.
 
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
             Features on the TR grid (before delays).
-        Y : array of shape (n_samples, n_targets) or (n_samples,)
-            Parcel time series.
+        y : array of shape (n_samples, n_targets) or (n_samples,)
+            Targets (parcel time series).
         groups : array of shape (n_samples,), default=None
             Run label per sample; required for cv='group'.
 
@@ -533,13 +592,12 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         self : RidgeEncoder
         """
         alphas, delays, tdtype = self._check_params()
-        validate_data(self, X, reset=True, skip_check_array=True)
-        X, _ = _as_2d_float(X, "X")
-        Y, y_1d = _as_2d_float(Y, "Y", allow_1d=True)
+        X = self._validate_X(X, reset=True)
+        Y, y_1d = _as_2d_float(y, "y", allow_1d=True)
         n = X.shape[0]
         if Y.shape[0] != n:
-            raise ValueError(f"X and Y must have the same number of samples; got X with "
-                             f"{n} and Y with {Y.shape[0]}.")
+            raise ValueError(f"X and y must have the same number of samples; got X with "
+                             f"{n} and y with {Y.shape[0]}.")
         if n < 2:
             raise ValueError(f"X has {n} sample(s); RidgeEncoder needs at least 2 samples "
                              f"(n_samples = {n}) to cross-validate.")
@@ -547,7 +605,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             groups = _check_groups(groups, n)
         const = np.flatnonzero(np.ptp(Y, axis=0) == 0)
         if const.size:
-            raise ValueError(f"Y has {const.size} constant target(s) (columns "
+            raise ValueError(f"y has {const.size} constant target(s) (columns "
                              f"{const[:10].tolist()}); Pearson r is undefined for them. "
                              f"Drop them before fitting.")
         folds = _make_folds(self.cv, groups, n)
@@ -562,7 +620,10 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         alphas_t = torch.as_tensor(alphas, dtype=tdtype, device=device)
         names = [self._pick_solver(len(tr), p) for tr, _ in folds] + [
             self._pick_solver(n, p)]
-        if "primal" in names:  # per-fold grams are these minus the held-out rows'
+        use_hat = self.solver == "hat" or (
+            self.solver == "auto" and not self.standardize
+            and max(len(va) for _, va in folds) <= min(n, p))
+        if "primal" in names and not use_hat:  # per-fold grams are these minus the held-out rows'
             gram, cross = Xc.T @ Xc, Xc.T @ Yc  # (p, p), (p, t)
             sum_x, sum_y = Xc.sum(0), Yc.sum(0)
 
@@ -594,8 +655,11 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
         t = Yc.shape[1]
         chunk = t if self.target_chunk is None else int(self.target_chunk)
-        mse = torch.zeros((len(folds), len(alphas), t), dtype=tdtype, device=device)
-        for f, (train, val) in enumerate(folds):
+        if use_hat:
+            mse, full = _hat_cv_mse(Xc, Yc, folds, alphas_t, chunk, names[-1])
+        else:
+            mse = torch.zeros((len(folds), len(alphas), t), dtype=tdtype, device=device)
+        for f, (train, val) in enumerate([] if use_hat else folds):
             m, my, s, (lam, left, B) = factor(names[f], train, val)
             A = ((Xc[val] - m) / s) @ left  # (n_val, r)
             Yv = Yc[val] - my  # (n_val, t)
@@ -610,7 +674,11 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
         # refit on all samples with each target's alpha
         name = names[-1]
-        m, my, s, (lam, left, B) = factor(name, np.arange(n), None)
+        if use_hat:  # Xc and Yc are already centred on all samples; no scaling
+            m, my, s = Xc.new_zeros(p), Yc.new_zeros(Yc.shape[1]), Xc.new_ones(p)
+            lam, left, B = full
+        else:
+            m, my, s, (lam, left, B) = factor(name, np.arange(n), None)
         W = torch.empty((p, t), dtype=tdtype, device=device)
         for k in torch.unique(best).tolist():
             cols = torch.nonzero(best == k).ravel()
@@ -631,7 +699,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             self.intercept_ = float(self.intercept_[0])
             self.cv_scores_ = self.cv_scores_[:, 0]
         self.n_splits_ = len(folds)
-        self.solver_ = name
+        self.solver_ = "hat" if use_hat else name
         self.device_ = str(device)
         self._delays = delays
         return self
@@ -650,23 +718,19 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         Y_pred : array of shape (n_samples, n_targets) or (n_samples,)
         """
         check_is_fitted(self)
-        validate_data(self, X, reset=False, skip_check_array=True)
-        X, _ = _as_2d_float(X, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but RidgeEncoder is "
-                             f"expecting {self.n_features_in_} features as input.")
+        X = self._validate_X(X, reset=False)
         if groups is not None:
             groups = _check_groups(groups, X.shape[0])
         Xd = self._delayed(X, groups, self._delays)
         return Xd @ self.coef_.T.astype(np.float64) + self.intercept_
 
-    def score(self, X: Any, Y: Any, groups: Any = None) -> np.ndarray | float:
-        """Pearson r between predictions and ``Y`` per target (not R^2).
+    def score(self, X: Any, y: Any, groups: Any = None) -> np.ndarray | float:
+        """Pearson r between predictions and ``y`` per target (not R^2).
 
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
-        Y : array of shape (n_samples, n_targets) or (n_samples,)
+        y : array of shape (n_samples, n_targets) or (n_samples,)
         groups : array of shape (n_samples,), default=None
 
         Returns
@@ -674,11 +738,11 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         r : array of shape (n_targets,), or float when Y is 1-D
             0.0 for a target or prediction with zero variance.
         """
-        Y, y_1d = _as_2d_float(Y, "Y", allow_1d=True)
+        Y, y_1d = _as_2d_float(y, "y", allow_1d=True)
         pred = self.predict(X, groups=groups)
         pred = pred[:, None] if pred.ndim == 1 else pred
         if pred.shape != Y.shape:
-            raise ValueError(f"Y has shape {Y.shape} but the model predicts "
+            raise ValueError(f"y has shape {Y.shape} but the model predicts "
                              f"{pred.shape}; pass the targets it was fitted on.")
         r = pearson_r(Y, pred)
         return float(r[0]) if y_1d else r

@@ -1,0 +1,234 @@
+"""Benchmark: RidgeEncoder vs the scikit-learn leave-one-run-out loop and himalaya.
+
+Paper scale: 12 runs x 500 TRs (6000 TRs), 512 features x 4 FIR delays = 2048 features,
+1095 parcels (MIST-1095), the paper's 11 alphas. A 13th run is held out to compare the
+refitted models. Everything runs on CPU with the same thread count.
+
+- ours: ``RidgeEncoder(alphas=PAPER_ALPHAS, cv="group")`` in float32 (default) and float64.
+- sklearn: for each fold and alpha, ``StandardScaler`` + ``Ridge(alpha)`` fitted on the
+  training runs, validation MSE averaged over folds, best alpha per target, refit. This is
+  the loop RidgeEncoder reproduces; sklearn's RidgeCV cannot pick an alpha per target with
+  explicit folds. If the loop would take longer than ``--sklearn-budget-s`` it runs only
+  the first folds and extrapolates (flagged in the JSON).
+- himalaya: ``himalaya.ridge.RidgeCV`` (torch backend, fit_intercept, same folds). It does
+  not standardise per fold, so it is compared with ours at standardize=False, where ours
+  takes the block hat-matrix path (one eigendecomposition of all data). That path is
+  also timed against the unscaled sklearn loop (first ``--unscaled-folds`` folds,
+  extrapolated) and checked against our per-fold path.
+
+Usage: ``python benchmarks/ridge.py --scale paper`` (or ``small``); writes
+``results/benchmarks/ridge.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import LeaveOneGroupOut
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from brainray.encoding import PAPER_ALPHAS, RidgeEncoder, make_delays, pearson_r
+
+SCALES = {  # n_runs (CV) , TRs per run, features before delays, parcels
+    "paper": dict(n_runs=12, n_per_run=500, n_features=512, n_parcels=1095),
+    "small": dict(n_runs=4, n_per_run=100, n_features=32, n_parcels=50),
+}
+DELAYS = (1, 2, 3, 4)
+
+
+def make_data(n_runs: int, n_per_run: int, n_features: int, n_parcels: int, seed: int = 0):
+    """Smooth features (AR(1)) and parcels driven by delayed features at varied SNR.
+
+    Returns X (n, p), Y (n, t), groups (n,) for n_runs + 1 runs; the last run is the test.
+    """
+    rng = np.random.default_rng(seed)
+    n = (n_runs + 1) * n_per_run
+    X = rng.standard_normal((n, n_features))
+    for i in range(1, n):  # AR(1), rho 0.7: fMRI-rate features are smooth
+        X[i] += 0.7 * X[i - 1]
+    groups = np.repeat(np.arange(n_runs + 1), n_per_run)
+    Xd = make_delays(X, DELAYS, groups)
+    W = rng.standard_normal((Xd.shape[1], n_parcels)) * (
+        rng.random((Xd.shape[1], n_parcels)) < 0.05)
+    signal = Xd @ W
+    signal /= signal.std(0) + 1e-12
+    snr = rng.uniform(0.0, 1.0, n_parcels) ** 2  # many weak parcels, a few strong
+    Y = snr * signal + rng.standard_normal((n, n_parcels))
+    return X, Y, groups
+
+
+def sklearn_loop(Xd, Y, folds, alphas, budget_s: float, standardize: bool = True):
+    """The reference loop; returns alphas, refit model, mean val MSE and timing info."""
+    mse = np.zeros((len(alphas), Y.shape[1]))
+    t0 = time.perf_counter()
+    done = 0
+    for f, (train, val) in enumerate(folds):
+        for k, alpha in enumerate(alphas):
+            model = make_pipeline(StandardScaler(with_std=standardize), Ridge(alpha=alpha))
+            model.fit(Xd[train], Y[train])
+            mse[k] += ((Y[val] - model.predict(Xd[val])) ** 2).mean(0) / len(folds)
+        done = f + 1
+        per_fold = (time.perf_counter() - t0) / done
+        if per_fold * len(folds) > budget_s and done < len(folds):
+            break
+    cv_s = time.perf_counter() - t0
+    complete = done == len(folds)
+    best = np.asarray(alphas)[mse.argmin(0)] if complete else None
+    t1 = time.perf_counter()
+    refit = make_pipeline(StandardScaler(with_std=standardize),
+                          Ridge(alpha=best if complete else alphas[0]))
+    refit.fit(Xd, Y)
+    refit_s = time.perf_counter() - t1
+    total = cv_s * len(folds) / done + refit_s
+    return dict(best=best, model=refit, neg_mse=-mse, time_s=total, folds_run=done,
+                extrapolated=not complete, cv_s=cv_s, refit_s=refit_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="paper")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and BLAS threads for every method (default 1: the "
+                             "benchmark machine is shared, one thread is reproducible)")
+    parser.add_argument("--sklearn-budget-s", type=float, default=600.0)
+    parser.add_argument("--no-himalaya", action="store_true")
+    parser.add_argument("--unscaled-folds", type=int, default=2,
+                        help="folds of the unscaled sklearn loop to time (extrapolated)")
+    parser.add_argument("--out", default="results/benchmarks/ridge.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shape = SCALES[args.scale]
+    alphas = list(PAPER_ALPHAS)
+
+    X, Y, groups = make_data(**shape)
+    test = groups == shape["n_runs"]
+    Xtr, Ytr, gtr = X[~test], Y[~test], groups[~test]
+    folds = list(LeaveOneGroupOut().split(Xtr, Ytr, gtr))
+    result: dict = {
+        "scale": args.scale,
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "blas_threads": args.threads,
+        "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__},
+        "shapes": {"n_trs": int(Xtr.shape[0]), "n_runs": shape["n_runs"],
+                   "n_features": shape["n_features"], "n_delays": len(DELAYS),
+                   "n_features_delayed": shape["n_features"] * len(DELAYS),
+                   "n_parcels": shape["n_parcels"], "n_alphas": len(alphas),
+                   "n_test_trs": int(test.sum())},
+        "alphas": alphas,
+    }
+    times: dict = {}
+    with threadpool_limits(args.threads):
+        ours = {}
+        for dtype in ("float32", "float64"):
+            enc = RidgeEncoder(alphas=alphas, delays=DELAYS, device="cpu", dtype=dtype)
+            t0 = time.perf_counter()
+            enc.fit(Xtr, Ytr, groups=gtr)
+            times[f"ours_{dtype}_s"] = time.perf_counter() - t0
+            ours[dtype] = enc
+            print(f"ours {dtype}: {times[f'ours_{dtype}_s']:.1f} s", flush=True)
+
+        enc_ns = RidgeEncoder(alphas=alphas, delays=DELAYS, device="cpu",
+                              standardize=False)
+        t0 = time.perf_counter()
+        enc_ns.fit(Xtr, Ytr, groups=gtr)
+        times["ours_unscaled_hat_float32_s"] = time.perf_counter() - t0
+        assert enc_ns.solver_ == "hat"
+        print(f"ours unscaled (hat): {times['ours_unscaled_hat_float32_s']:.1f} s", flush=True)
+        ref_ns = RidgeEncoder(alphas=alphas, delays=DELAYS, device="cpu", dtype="float64",
+                              standardize=False, solver="primal").fit(Xtr, Ytr, groups=gtr)
+        result["hat_check_vs_per_fold_float64"] = {
+            "alphas_equal_frac": float(np.mean(enc_ns.alpha_ == ref_ns.alpha_)),
+            "max_rel_diff_cv_mse": float(np.max(
+                np.abs(enc_ns.cv_scores_ - ref_ns.cv_scores_) / np.abs(ref_ns.cv_scores_))),
+            "max_abs_diff_test_r": float(np.abs(
+                pearson_r(Y[test], enc_ns.predict(X[test]))
+                - pearson_r(Y[test], ref_ns.predict(X[test]))).max()),
+        }
+
+        if not args.no_himalaya:
+            from himalaya.backend import set_backend
+            from himalaya.ridge import RidgeCV as HimalayaRidgeCV
+
+            backend = set_backend("torch", on_error="raise")
+            t0 = time.perf_counter()
+            Xd = make_delays(Xtr, DELAYS, gtr).astype(np.float32)
+            him = HimalayaRidgeCV(alphas=alphas, cv=folds, fit_intercept=True)
+            him.fit(backend.asarray(Xd), backend.asarray(Ytr.astype(np.float32)))
+            times["himalaya_s"] = time.perf_counter() - t0
+            print(f"himalaya: {times['himalaya_s']:.1f} s", flush=True)
+            him_alphas = backend.to_numpy(him.best_alphas_)
+            result["himalaya_check"] = {
+                "compared_with": "ours float32, standardize=False (hat path)",
+                "alphas_equal_frac": float(np.mean(np.isclose(him_alphas, enc_ns.alpha_))),
+            }
+
+        t0 = time.perf_counter()
+        Xd = make_delays(Xtr, DELAYS, gtr)
+        delay_s = time.perf_counter() - t0
+        sk_ns = sklearn_loop(Xd, Ytr, folds[:args.unscaled_folds], alphas, np.inf,
+                             standardize=False)
+        times["sklearn_unscaled_s"] = (sk_ns["cv_s"] * len(folds) / args.unscaled_folds
+                                       + sk_ns["refit_s"] + delay_s)
+        print(f"sklearn unscaled loop (extrapolated from {args.unscaled_folds} folds): "
+              f"{times['sklearn_unscaled_s']:.1f} s", flush=True)
+        sk = sklearn_loop(Xd, Ytr, folds, alphas, args.sklearn_budget_s)
+        times["sklearn_s"] = sk["time_s"] + delay_s
+        print(f"sklearn loop: {times['sklearn_s']:.1f} s "
+              f"({'extrapolated from %d folds' % sk['folds_run'] if sk['extrapolated'] else 'full'})",
+              flush=True)
+
+    result["times"] = {k: round(v, 3) for k, v in times.items()}
+    result["sklearn_extrapolated"] = sk["extrapolated"]
+    result["sklearn_folds_run"] = sk["folds_run"]
+    result["speedup_vs_sklearn"] = {
+        dtype: round(times["sklearn_s"] / times[f"ours_{dtype}_s"], 2) for dtype in ours}
+    result["speedup_unscaled_hat_vs_sklearn_unscaled"] = round(
+        times["sklearn_unscaled_s"] / times["ours_unscaled_hat_float32_s"], 2)
+    if "himalaya_s" in times:
+        result["speedup_vs_himalaya"] = {
+            "ours_float32_per_fold": round(times["himalaya_s"] / times["ours_float32_s"], 2),
+            "ours_unscaled_hat": round(
+                times["himalaya_s"] / times["ours_unscaled_hat_float32_s"], 2)}
+
+    if not sk["extrapolated"]:
+        Xd_test = make_delays(X[test], DELAYS)
+        r_sk = pearson_r(Y[test], sk["model"].predict(Xd_test))
+        checks = {}
+        for dtype, enc in ours.items():
+            pred = enc.predict(X[test])
+            r = pearson_r(Y[test], pred)
+            checks[dtype] = {
+                "alphas_equal_frac": float(np.mean(enc.alpha_ == sk["best"])),
+                "max_abs_diff_test_r": float(np.abs(r - r_sk).max()),
+                "max_abs_diff_test_pred": float(
+                    np.abs(pred - sk["model"].predict(Xd_test)).max()),
+                "max_rel_diff_cv_mse": float(
+                    np.max(np.abs(enc.cv_scores_ - sk["neg_mse"]) / np.abs(sk["neg_mse"]))),
+            }
+        result["checks_vs_sklearn"] = checks
+        result["test_r_mean_sklearn"] = float(r_sk.mean())
+    result["note"] = (
+        "sklearn times include make_delays; ours include delays, CV over all alphas and "
+        "the refit. sklearn_unscaled_s is extrapolated from the first folds (CV time "
+        "scaled by n_folds / folds run, plus one refit). One run per method on a shared 2-core "
+        "machine: expect +-20% noise.")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
