@@ -65,7 +65,7 @@ def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_frontier(root: str | Path, log=print) -> Path:
+def run_frontier(root: str | Path, bootstrap: int = 200, log=print) -> Path:
     """Fit the laws and write ``<root>/frontier/`` (fits.json, allocation.csv, plots, report.html)."""
     from brainray import report
 
@@ -76,7 +76,9 @@ def run_frontier(root: str | Path, log=print) -> Path:
     curves = triallog.read_curves(str(root))
     out = root / "frontier"
     log(f"[frontier] fitting scaling laws on {len(trials)} trials -> {out}")
-    path = report.write_report(trials, out, curves_df=curves, title=f"brainray sweep {root.name}")
+    path = report.write_report(
+        trials, out, curves_df=curves, title=f"brainray sweep {root.name}", bootstrap=bootstrap
+    )
     log(f"[frontier] report: {path}")
     return out
 

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -100,12 +101,16 @@ class TrialLogCallback(tune.Callback):
     ``flush_s`` seconds so a killed driver loses at most that much.
     """
 
-    def __init__(self, root: str, sweep: str, flush_s: float = 30.0):
-        self.root, self.sweep, self.flush_s = root, sweep, flush_s
+    def __init__(self, root: str, sweep: str, flush_s: float = 30.0, live_report: bool = True):
+        self.root, self.sweep, self.flush_s, self.live_report = root, sweep, flush_s, live_report
         self._curves: dict[str, list[dict[str, Any]]] = {}
         self._started: dict[str, str] = {}
         self._last_flush = time.time()
         self._logged: set[str] | None = None
+        self._report_thread: threading.Thread | None = None
+
+    def __getstate__(self):  # Tune pickles callbacks into its experiment state
+        return {**self.__dict__, "_report_thread": None}
 
     def setup(self, **info):
         self._logged = triallog.logged_trial_ids(self.root)
@@ -153,6 +158,28 @@ class TrialLogCallback(tune.Callback):
         }
         triallog.write_trial(self.root, row)
         self._logged.add(trial.trial_id)
+        if self.live_report:
+            self._refresh_report()
+
+    def _refresh_report(self) -> None:
+        """Re-fit and re-write the report in the background, so the frontier forms as trials land."""
+        if self._report_thread is not None and self._report_thread.is_alive():
+            return  # the next finished trial refreshes it again; the sweep's end always does
+        self._report_thread = threading.Thread(target=_live_report, args=(self.root,), daemon=True)
+        self._report_thread.start()
+
+
+REPORT_LOCK = threading.Lock()  # one report writer at a time (live refreshes and the final one)
+
+
+def _live_report(root: str) -> None:
+    from brainray.summary import run_frontier
+
+    with REPORT_LOCK:
+        try:
+            run_frontier(root, bootstrap=50, log=lambda msg: None)
+        except Exception as e:  # a live refresh must never stop the sweep
+            print(f"[frontier] live report skipped: {type(e).__name__}: {e}")
 
 
 class TensorBoardCallback(tune.Callback):

@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.no_report:
         from brainray.summary import run_frontier
+        from brainray.sweep import REPORT_LOCK
 
-        run_frontier(root)
+        with REPORT_LOCK:  # wait for a live refresh still writing
+            run_frontier(root)
     print(final_summary(root, time.perf_counter() - t0))
     return 0
 
