@@ -42,6 +42,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from brainray.devices import pick_device
+
 __all__ = [
     "DEFAULT_ALPHAS",
     "PAPER_ALPHAS",
@@ -141,21 +143,6 @@ def _check_cv(cv: Any) -> str | int:
         raise ValueError(f"'cv' must be one of {{'group', 'kfold'}} or an int >= 2; "
                          f"got {cv!r}.")
     return cv
-
-
-def _resolve_device(device: Any) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything torch accepts otherwise."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got "
-                         f"{device!r}.") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"'device' is {device!r} but CUDA is not available; use "
-                         f"device='auto' or device='cpu'.")
-    return dev
 
 
 def _make_folds(cv: str | int, groups: np.ndarray | None,
@@ -610,7 +597,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                              f"Drop them before fitting.")
         folds = _make_folds(self.cv, groups, n)
 
-        device = _resolve_device(self.device)  # device chosen once, here
+        device = pick_device(self.device)  # device chosen once, here
         Xd = self._delayed(X, groups, delays)
         x_mean0, y_mean0 = Xd.mean(0), Y.mean(0)  # global centring in float64 keeps the
         Xc = torch.as_tensor(Xd - x_mean0, dtype=tdtype, device=device)  # per-fold

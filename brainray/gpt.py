@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from brainray.devices import pick_device
+
 __all__ = [
     "GPTSpec",
     "build_model",
@@ -28,7 +30,6 @@ __all__ = [
     "feature_layer",
     "clip_features",
     "peak_flops",
-    "pick_device",
     "autocast_dtype",
 ]
 
@@ -170,13 +171,6 @@ def peak_flops(device: torch.device, dtype: str) -> float | None:
         if key in name:
             return peaks.get(dtype)
     return None
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """CUDA when present (and asked for), else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

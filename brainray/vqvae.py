@@ -51,12 +51,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from brainray.devices import pick_device
+
 __all__ = [
     "Codebook",
     "VQVAE",
     "VQVAEConfig",
     "load_vqvae",
-    "pick_device",
     "preprocess",
     "save_reconstructions_png",
     "save_vqvae",
@@ -66,13 +67,6 @@ __all__ = [
 
 RECON_LOSS_SCALE = 0.06  # VideoGPT divides the pixel MSE by 0.06 (about the data variance)
 _FORMAT = "brainray.vqvae/1"
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """CUDA when present and ``device="auto"``, else the named device (``"cpu"``, ``"cuda:1"``)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # -----------------------------------------------------------------------------
