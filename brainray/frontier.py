@@ -51,6 +51,8 @@ __all__ = [
     "analysis_to_dict",
     "simulate_trials",
     "FORMS",
+    "TwoStageFit",
+    "fit_two_stage",
     "AXES",
     "PAPER_DTYPE",
     "MIN_TRIALS",
@@ -689,14 +691,70 @@ def _metric_fit(df: pd.DataFrame, metric: str, bootstrap: int = 0, seed: int = 0
     if _MAXIMIZE.get(metric, False):
         if metric == "ceiling_frac":
             ceiling = 1.0
-        elif metric == "brain_r_mean" and "ceiling" in df.columns \
-                and df["ceiling"].notna().all():
-            ceiling = df["ceiling"].to_numpy(float)
+        elif metric == "brain_r_mean" and _ceiling_column(df):
+            ceiling = df[_ceiling_column(df)].to_numpy(float)
         else:
             ceiling = None
         return fit_law(N, D, y, form="ceiling_gap", ceiling=ceiling, bootstrap=bootstrap,
                        seed=seed)
     return fit_law(N, D, y, form="chinchilla", bootstrap=bootstrap, seed=seed)
+
+
+def _ceiling_column(df: pd.DataFrame) -> str | None:
+    """The known noise ceiling of each row's mean score: ``ceiling``, or the trial log's
+    ``ceiling_mean`` (mean over parcels of the simulated brain's exact ceiling)."""
+    for col in ("ceiling", "ceiling_mean"):
+        if col in df.columns and df[col].notna().all() and (df[col] > 0).all():
+            return col
+    return None
+
+
+@dataclass
+class TwoStageFit:
+    """Brain score through the loss: r = g(L(N, D)), g monotone decreasing.
+
+    Stage one is the Chinchilla loss law; stage two an isotonic (monotone, non-parametric)
+    link from validation loss to brain score. It asks only that a lower loss never predicts
+    a lower score, so it needs no ceiling; it does not extrapolate beyond the losses seen
+    (predictions are clipped to the range of the fitted link).
+    """
+
+    loss_law: LawFit
+    link: Any  # sklearn.isotonic.IsotonicRegression, decreasing
+    spearman: float  # rank correlation of loss and score over the trials (sign check)
+
+    def predict(self, N: Any, D: Any) -> np.ndarray:
+        return self.link.predict(np.atleast_1d(self.loss_law.predict(N, D)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": "two_stage", "loss_law": self.loss_law.to_dict(), "spearman_loss_score": self.spearman,
+            "link_loss": self.link.X_thresholds_.tolist(), "link_score": self.link.y_thresholds_.tolist(),
+        }
+
+
+def fit_two_stage(N: Any, D: Any, loss: Any, score: Any, delta: float = 1e-3) -> TwoStageFit:
+    """Fit the loss law, then a monotone decreasing link from loss to brain score.
+
+    Parameters
+    ----------
+    N, D : array_like of shape (n_trials,)
+        Non-embedding parameters and training tokens.
+    loss : array_like of shape (n_trials,)
+        Validation loss of each trial.
+    score : array_like of shape (n_trials,)
+        Brain score (e.g. mean Pearson r) of each trial.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.isotonic import IsotonicRegression
+
+    law = fit_law(N, D, loss, form="chinchilla", delta=delta)
+    loss = np.asarray(loss, float)
+    score = np.asarray(score, float)
+    if not np.isfinite(score).all():
+        raise ValueError("fit_two_stage: score has NaN or infinite values; drop those trials first.")
+    link = IsotonicRegression(increasing=False, out_of_bounds="clip").fit(loss, score)
+    return TwoStageFit(law, link, float(spearmanr(loss, score).statistic))
 
 
 def _cost_per_token(df: pd.DataFrame) -> np.ndarray:
@@ -1080,6 +1138,11 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
                 raise
             out["fit_errors"][metric] = str(err)
 
+    out["two_stage"] = None
+    if fit_error is None and out["fits"].get("val_loss") is not None:
+        out["two_stage"] = fit_two_stage(usable["params_nonembed"], usable["tokens"],
+                                         usable["val_loss"], usable["brain_r_mean"])
+
     fronts = {}
     for metric, minimize in (("val_loss", True), ("brain_r_mean", False)):
         for cost in ("train_flops", "gpu_hours"):
@@ -1131,6 +1194,7 @@ def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         "fits": {m: (f.to_dict() if f is not None else None)
                  for m, f in analysis["fits"].items()},
         "fit_errors": analysis["fit_errors"],
+        "two_stage": analysis["two_stage"].to_dict() if analysis.get("two_stage") else None,
         "flops_per_param_token": analysis["flops_per_param_token"],
         "flops_per_param_token_note": ("median train_flops / (params_nonembed * tokens); "
                                        "used only by the closed-form N_opt, D_opt"),

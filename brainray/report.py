@@ -467,6 +467,19 @@ def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
             f"{html.escape('; '.join(extra))}.</p>{tbl}")
 
 
+def _two_stage_section(fit: Any) -> str:
+    if fit is None:
+        return ""
+    pairs = ", ".join(f"L ≤ {_fmt(x)} → r {_fmt(y)}"
+                      for x, y in zip(fit.link.X_thresholds_, fit.link.y_thresholds_))
+    return ("<h3>Brain score through the loss (two-stage)</h3>"
+            "<p>r = g(L(N, D)): the loss law above, then a monotone decreasing link g from "
+            "validation loss to mean brain r (isotonic regression; no ceiling needed, no "
+            f"extrapolation beyond the losses seen). Spearman ρ(loss, r) = {_fmt(fit.spearman)}"
+            f"{' — a lower loss does not go with a higher score here, so read this link with care' if fit.spearman > -0.3 else ''}.</p>"
+            f"<p class='note'>Link steps: {html.escape(pairs)}</p>")
+
+
 def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
           out: Path, title: str) -> str:
     n_left = len(analysis["left_out"])
@@ -483,7 +496,7 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
                         f"<span>{html.escape(n)}</span></div>" for n, v in cards)
 
     fits = "".join(_fit_section(m, analysis["fits"].get(m), analysis["fit_errors"].get(m))
-                   for m in ("val_loss", "brain_r_mean"))
+                   for m in ("val_loss", "brain_r_mean")) + _two_stage_section(analysis.get("two_stage"))
 
     alloc = analysis["allocation"]
     if alloc.empty:

@@ -437,3 +437,23 @@ def test_analyze_estimates_ceiling_when_absent(trials):
     brain = res["fits"]["brain_r_mean"]
     assert brain.ceiling_estimated
     np.testing.assert_allclose([brain.alpha, brain.beta], BRAIN[3:], rtol=1e-3)
+
+
+def test_two_stage_recovers_a_known_link():
+    """Loss from a known law, score a known decreasing function of loss: r = g(L(N, D))."""
+    from brainray.frontier import fit_two_stage
+
+    rng = np.random.default_rng(0)
+    N = np.repeat([1e5, 3e5, 1e6, 3e6], 5)
+    D = np.tile([1e7, 3e7, 1e8, 3e8, 1e9], 4)
+    loss = 1.5 + 400 / N**0.34 + 900 / D**0.28
+    score = 0.6 * np.exp(-(loss - 1.5))  # decreasing in loss
+    fit = fit_two_stage(N, D, loss, score)
+    assert fit.loss_law.alpha == pytest.approx(0.34, rel=1e-3)
+    assert fit.spearman == pytest.approx(-1.0)
+    # in-range predictions follow the generating link
+    Nq, Dq = np.array([5e5, 2e6]), np.array([5e7, 2e8])
+    truth = 0.6 * np.exp(-(400 / Nq**0.34 + 900 / Dq**0.28))
+    assert np.allclose(fit.predict(Nq, Dq), truth, atol=0.02)
+    with pytest.raises(ValueError, match="score has NaN"):
+        fit_two_stage(N, D, loss, np.where(rng.random(len(N)) < 0.2, np.nan, score))
