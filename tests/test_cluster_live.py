@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,28 +38,79 @@ def _pids(pattern: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _node_ports() -> list[str]:
+    """Free ports for one node's agents: two nodes on one machine must not share the defaults."""
+    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+
+
 @pytest.fixture
 def cluster(tmp_path):
-    """Head and one worker node, 1 CPU each, token auth on, on free local ports."""
+    """Head and one worker node, 1 CPU each, token auth on, on free local ports.
+
+    The cluster gets its own temp dir, so teardown stops exactly its processes (``ray stop``
+    would stop every Ray instance on the machine).
+    """
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    port, worker_port = _free_port(), _free_port()
-    head = ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-            "--node-ip-address=127.0.0.1"]
-    subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+    temp_dir = tempfile.mkdtemp(prefix="brt", dir="/tmp")  # short: Unix socket paths are limited
+    port, worker_port, dash_port = _free_port(), _free_port(), _free_port()
+    head = ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}",
+            *_node_ports()]
     try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
         worker = ["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                  f"--node-manager-port={worker_port}", "--node-ip-address=127.0.0.1"]
+                  f"--node-manager-port={worker_port}", "--node-ip-address=127.0.0.1", *_node_ports()]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        yield {"address": f"127.0.0.1:{port}", "env": env, "worker_port": worker_port, "port": port}
+        yield {"address": f"127.0.0.1:{port}", "env": env, "worker_port": worker_port, "port": port,
+               "dashboard": f"http://127.0.0.1:{dash_port}"}
     finally:
-        # Stop only this cluster's processes (`ray stop` would stop every Ray on the machine).
-        for pid in _pids(f"127.0.0.1:{port}") + _pids(f"node_manager_port={worker_port}") + _pids(f"--port={port}"):
+        for pid in _pids(temp_dir) + _pids(f"127.0.0.1:{port}") + _pids(f"node_manager_port={worker_port}"):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray(cluster, *args, timeout=120):
+    return subprocess.run(["ray", *args], env=cluster["env"], capture_output=True, text=True, timeout=timeout)
+
+
+def _until(fn, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_sweep_command(cluster, tmp_path):
+    """``ray job submit --working-dir . -- python sweeps/scaling.py ...`` against the cluster:
+    the job appears in the job server (what the dashboard lists) with its logs."""
+    addr = ["--address", cluster["dashboard"]]
+    submit = ["job", "submit", *addr, "--working-dir", str(REPO), "--submission-id", "brainray-dry-run",
+              "--no-wait", "--", "python", "sweeps/scaling.py", "--preset", "smoke", "--dry-run"]
+
+    def submitted():  # the job agent starts a little after the head
+        out = _ray(cluster, *submit)
+        assert out.returncode == 0 or "No available agent" in out.stderr, out.stderr[-3000:]
+        return out.returncode == 0
+
+    _until(submitted, 180, "the job agent")
+
+    def finished():
+        text = (_ray(cluster, "job", "status", *addr, "brainray-dry-run").stdout).lower()
+        return ("succeeded" in text or "failed" in text or "stopped" in text) and text
+
+    assert "succeeded" in _until(finished, 300, "the job to finish")
+    logs = _ray(cluster, "job", "logs", *addr, "brainray-dry-run")
+    assert "6 trials" in logs.stdout and "GPU-hours" in logs.stdout
 
 
 @pytest.mark.slow
