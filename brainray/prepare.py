@@ -1,35 +1,109 @@
-"""The prepare stage: gameplay -> frames -> simulated brain -> VQ-VAE tokens, once per dataset.
+"""The prepare stage: gameplay -> frames -> brain -> VQ-VAE tokens, once per dataset.
 
 Everything lands in one folder keyed by the hash of the data and tokenizer settings, with a
 ``dataset.json`` manifest. A folder whose manifest exists is complete (it is written last)
 and is read, not rebuilt. Trials only read from it.
 
-The embedded default dataset is honest about what it is: real emulator frames of plays
-recorded as ``.bk2`` and replayed exactly as for CNeuroMod, and a simulated brain whose
-noise ceiling is known (``brainray.simbrain``).
+Two sources (``DataSpec.source``):
+
+- ``"simulated"``, the embedded default, honest about what it is: real emulator frames of
+  plays recorded as ``.bk2`` and replayed exactly as for CNeuroMod, and a simulated brain
+  whose noise ceiling is known (``brainray.simbrain``). Stimulus runs are shared by all
+  simulated subjects.
+- ``"cneuromod"``: the CNeuroMod shinobi BIDS dataset with fMRIPrep derivatives
+  (``brainray.fmri.load_cneuromod``). Every replay of every run is replayed from its
+  ``.bk2`` in ``DataSpec.game``; each run belongs to one subject; the noise ceiling is
+  unknown. Replays train the GPT, except ``val_fraction`` of them (chosen by a hash of
+  their name) that validate it; all of them are stimuli for the encoding.
+
+Manifest (``dataset.json``, version 2)::
+
+    source        "simulated" | "cneuromod"
+    game, frame_size, fps, tr, data (the DataSpec), tokenizer (settings and metrics)
+    replays       [{name, n_frames, split ("train" | "val" | "stim"), bk2, ...}] in the
+                  order of the nested data_frames prefixes. cneuromod adds subject,
+                  session, run, level and onset, and orders them by subject, then level,
+                  then repetition (session, run, onset): the paper's order.
+    runs          [{run, n_vols, segments: [{replay, onset, n_frames, ...}], ...}]; a run
+                  with a "subject" key belongs to that subject only (cneuromod, which adds
+                  session and tr); without one it is shared by all subjects (simulated).
+    subjects      ["sub-01", ...]
+    noise_ceiling "exact" (simulated: brain/<subject>/simbrain.*) or null (unknown:
+                  trials report ceiling_frac None)
+    timings       seconds per stage
+
+Version-1 manifests (simulated, before cneuromod) read the same: shared runs, exact ceiling.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainray import gameplay, simbrain, video, vqvae
-from brainray.config import DataSpec, SweepSpec, TokenizerSpec
+from brainray import fmri, gameplay, simbrain, video, vqvae
+from brainray.config import DataSpec, SpecError, SweepSpec, TokenizerSpec
 
-__all__ = ["Dataset", "prepare", "load_dataset", "MANIFEST"]
+__all__ = ["Dataset", "SubjectBold", "prepare", "load_dataset", "MANIFEST", "REPLAY_ORDER"]
 
 MANIFEST = "dataset.json"
 FPS = 60.0
 Log = Callable[[str], None]
 MapFn = Callable[[Callable, Iterable], list]
+#: Order of the cneuromod training replays, hence of the nested ``data_frames`` prefixes.
+REPLAY_ORDER = ("subject", "level", "session", "run", "onset")
+_MIN_RUNS = 3  # leave-one-run-out scoring: 1 held out, >= 2 for the inner CV
+
+
+@dataclass
+class SubjectBold:
+    """Measured BOLD of one subject (real data): no ground truth, no known noise ceiling.
+
+    Attributes
+    ----------
+    subject : str
+        Subject name, e.g. ``"sub-01"``.
+    bold : list of array of shape (n_vols_run, n_parcels), float32
+        Parcel time series per run, in the order of the subject's runs in the manifest.
+    runs : list of str
+        Run id of each entry of ``bold`` (``"sub-01_ses-001_run-01"``).
+    ceiling : None
+        The noise ceiling is unknown for measured data (``simbrain.SubjectData.ceiling``
+        is its simulated counterpart).
+    """
+
+    subject: str
+    bold: list[np.ndarray]
+    runs: list[str] = field(default_factory=list)
+    ceiling: None = None
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``bold.npz`` (one array per run, keyed by run id) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / "bold.npz", **dict(zip(self.runs, self.bold, strict=True)))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, subject: str, runs: list[str]) -> SubjectBold:
+        """Read the runs ``runs`` of ``subject`` from what :meth:`save` wrote."""
+        path = Path(directory) / "bold.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; prepare the dataset again.")
+        with np.load(path) as npz:
+            absent = [r for r in runs if r not in npz.files]
+            if absent:
+                raise KeyError(f"{path} lacks runs {absent}; prepare the dataset again.")
+            return cls(subject, [npz[r] for r in runs], list(runs))
 
 
 @dataclass
@@ -50,8 +124,23 @@ class Dataset:
         """Codes of the clips of one replay: (n_clips, T', H', W') int16."""
         return np.load(self.root / "tokens" / f"{name}.npy", mmap_mode="r")
 
-    def subject(self, subject: str) -> simbrain.SubjectData:
-        return simbrain.SubjectData.load(self.root / "brain" / subject)
+    @property
+    def subjects(self) -> list[str]:
+        return list(self.manifest["subjects"])
+
+    def run_indices(self, subject: str) -> list[int]:
+        """Indices into ``manifest["runs"]`` of the runs of ``subject``: its own and the shared ones."""
+        return [k for k, r in enumerate(self.manifest["runs"]) if r.get("subject", subject) == subject]
+
+    def subject(self, subject: str) -> simbrain.SubjectData | SubjectBold:
+        """BOLD of one subject: ``.bold`` (one array per run of :meth:`run_indices`) and
+        ``.ceiling`` (array of shape (n_parcels,), or None when unknown)."""
+        if subject not in self.manifest["subjects"]:
+            raise KeyError(f"Unknown subject {subject!r}; this dataset has {self.manifest['subjects']}.")
+        if self.manifest.get("source", "simulated") == "simulated":
+            return simbrain.SubjectData.load(self.root / "brain" / subject)
+        runs = [self.manifest["runs"][k]["run"] for k in self.run_indices(subject)]
+        return SubjectBold.load(self.root / "brain" / subject, subject, runs)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -91,15 +180,45 @@ def prepare(
     """Build (or read) the dataset of ``spec`` under ``root``; returns it.
 
     map_fn: a parallel ``map`` (the sweep passes one backed by Ray tasks); plain ``map``
-    by default.
+    by default. It records or replays the plays, one task per play.
+
+    Raises
+    ------
+    SpecError
+        If ``spec.data`` is invalid (e.g. a cneuromod ``bids_root`` that does not exist).
+    FileNotFoundError
+        cneuromod: if the game's ROM is not imported, a ``stim_file`` replay or an fMRI
+        file is missing (the message names the files).
+    ValueError
+        cneuromod: bad events (e.g. a ``stim_file`` outside the dataset root), a corrupt
+        ``.bk2``, a subject with fewer than 3 runs, or too few replays to train and
+        validate the GPT.
     """
     root = Path(root)
     if (root / MANIFEST).exists():
         log(f"[prepare] cached dataset {root}")
         return load_dataset(root)
+    problems = spec.data.problems()
+    if problems:
+        raise SpecError(f"{spec.source}: invalid data settings:\n  - " + "\n  - ".join(problems))
     map_fn = map_fn or (lambda f, xs: list(map(f, xs)))
     for sub in ("replays", "frames", "actions", "tokens", "brain"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    build = _cneuromod if spec.data.source == "cneuromod" else _simulated
+    manifest = build(spec, root, map_fn, log)
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.rename(root / MANIFEST)  # written last: its presence marks a complete dataset
+    timings = manifest["timings"]
+    log(
+        f"[prepare] done in {sum(timings.values()):.0f} s "
+        + " ".join(f"{k}={v:.0f}s" for k, v in timings.items())
+    )
+    return load_dataset(root)
+
+
+def _simulated(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str, Any]:
+    """Recorded plays, stimulus runs shared by every subject, a simulated brain."""
     d, tk = spec.data, spec.tokenizer
     timings: dict[str, float] = {}
 
@@ -116,8 +235,8 @@ def prepare(
     tok = _tokenize(tk, d, root, replays, log)
     timings["tokenizer_s"] = time.perf_counter() - t0
 
-    manifest = {
-        "version": 1,
+    return {
+        "version": 2,
         "source": "simulated",
         "game": d.game,
         "frame_size": d.frame_size,
@@ -128,16 +247,204 @@ def prepare(
         "replays": replays,
         "runs": runs,
         "subjects": list(simbrain.SUBJECTS[: d.n_subjects]),
+        "noise_ceiling": "exact",
         "timings": timings,
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.rename(root / MANIFEST)  # written last: its presence marks a complete dataset
-    log(
-        f"[prepare] done in {sum(timings.values()):.0f} s "
-        + " ".join(f"{k}={v:.0f}s" for k, v in timings.items())
+
+
+# ----------------------------------------------------------------------------- cneuromod
+
+
+def _cneuromod(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str, Any]:
+    """CNeuroMod runs: parcels from fMRIPrep, every replay replayed, per-subject runs.
+
+    Cheap checks come first (the ROM, the events, every ``stim_file``, runs per subject),
+    so that a missing file is reported in seconds, not after hours of parcel extraction.
+    """
+    d, tk = spec.data, spec.tokenizer
+    bids_root = Path(d.bids_root)
+    deriv = d.derivatives_root or None
+    subjects = list(d.subjects) or None
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    gameplay.make_env(d.game).close()  # a ROM that is not imported fails here, saying how to import it
+    _check_stimuli(bids_root, deriv, d.task, subjects)
+    log(f"[fmri] extracting parcels ({Path(d.atlas).name}) from the task-{d.task} runs of {bids_root}")
+    loaded = fmri.load_cneuromod(bids_root, d.atlas, derivatives_root=deriv, subjects=subjects, task=d.task)
+    timings["fmri_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    runs, replays, bolds = _cneuromod_plan(loaded, bids_root, d.val_fraction)
+    jobs = [(str(root), r["name"], str(bids_root / r["bk2"]), d.game, d.frame_size) for r in replays]
+    log(f"[gameplay] replaying {len(jobs)} bk2 files in {d.game}")
+    n_frames = dict(map_fn(_replay_stim, jobs))
+    for r in replays:
+        r["n_frames"] = n_frames[r["name"]]
+    _place_segments(runs, n_frames, log)
+    for split in ("train", "val"):
+        _check_split(replays, split, tk.clip_frames * tk.time_downsample, d.val_fraction)
+    timings["gameplay_s"] = time.perf_counter() - t0
+
+    for subject, items in bolds.items():
+        SubjectBold(subject, [b for _, b in items], [run for run, _ in items]).save(root / "brain" / subject)
+        log(f"[brain] {subject}: {len(items)} runs x {items[0][1].shape[1]} parcels (measured; no noise ceiling)")
+
+    t0 = time.perf_counter()
+    tok = _tokenize(tk, d, root, replays, log)
+    timings["tokenizer_s"] = time.perf_counter() - t0
+
+    return {
+        "version": 2,
+        "source": "cneuromod",
+        "game": d.game,
+        "frame_size": d.frame_size,
+        "fps": FPS,
+        "tr": runs[0]["tr"],
+        "data": dataclasses.asdict(d),
+        "tokenizer": tok,
+        "replay_order": list(REPLAY_ORDER),
+        "replays": replays,
+        "runs": runs,
+        "subjects": list(bolds),
+        "noise_ceiling": None,
+        "timings": timings,
+    }
+
+
+def _check_stimuli(bids_root: Path, deriv: str | None, task: str, subjects: list[str] | None) -> None:
+    """Every ``stim_file`` exists, and every subject has enough runs with a replay."""
+    absent: list[str] = []
+    per_subject: dict[str, int] = {}
+    for run in fmri.find_runs(bids_root, deriv, task=task, subjects=subjects):
+        events = fmri.read_events(run.events_path, root=bids_root)
+        playable = events[~events["missing"]]
+        per_subject[run.subject] = per_subject.get(run.subject, 0) + int(len(playable) > 0)
+        for row, ev in playable.iterrows():
+            if not Path(ev["bk2_path"]).is_file():
+                absent.append(f"{run.events_path.name}, row {row}: stim_file {ev['stim_file']!r}")
+    if absent:
+        more = f"\n  ... and {len(absent) - 10} more" if len(absent) > 10 else ""
+        raise FileNotFoundError(
+            f"{len(absent)} replay(s) named in the events of {bids_root} do not exist:\n  "
+            + "\n  ".join(absent[:10]) + more
+            + "\nRestore the .bk2 files (for a DataLad dataset: `datalad get` them), or write "
+            "'Missing file' in their stim_file to skip them."
+        )
+    few = {s: n for s, n in per_subject.items() if n < _MIN_RUNS}
+    if few:
+        raise ValueError(
+            f"run-wise scoring needs at least {_MIN_RUNS} runs with a replay per subject; "
+            f"{few} in {bids_root}. Leave these subjects out with data.subjects, or add runs."
+        )
+
+
+def _natural(text: str) -> tuple:
+    """Sort key that orders '4-1' before '10-0'."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _val_draw(name: str) -> float:
+    """A number in [0, 1) fixed by the replay's name: the same split on every machine."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def _cneuromod_plan(
+    loaded: list[dict[str, Any]], bids_root: Path, val_fraction: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[tuple[str, np.ndarray]]]]:
+    """Runs, replays (ordered, split) and BOLD per subject, before any replay is played."""
+    runs: list[dict[str, Any]] = []
+    replays: dict[str, dict[str, Any]] = {}  # by bk2 path
+    bolds: dict[str, list[tuple[str, np.ndarray]]] = {}
+    names: set[str] = set()
+    trs = {r["tr"] for r in loaded}
+    if max(trs) - min(trs) > 1e-3:
+        raise ValueError(
+            f"The runs of {bids_root} have different RepetitionTimes {sorted(trs)}; one dataset "
+            "needs one TR (FIR delays count TRs). Select subjects or runs with the same TR."
+        )
+    for r in loaded:
+        prefix = f"{r['subject']}_{r['session']}" if r["session"] else r["subject"]
+        run_id = f"{prefix}_run-{r['run']:02d}"
+        if not r["segments"]:
+            warnings.warn(
+                f"{run_id} has no replay (every stim_file is missing); the run is left out of "
+                "the encoding. To avoid this warning, leave the run out of the dataset.",
+                UserWarning, stacklevel=3,
+            )
+            continue
+        segments = []
+        for seg in r["segments"]:
+            bk2 = Path(seg.bk2_path)
+            if seg.bk2_path not in replays:
+                name = bk2.stem
+                while name in names:  # the real names are unique; keep frame files apart anyway
+                    name += "_"
+                names.add(name)
+                replays[seg.bk2_path] = {
+                    "name": name, "bk2": str(bk2.relative_to(bids_root.resolve())),
+                    "subject": r["subject"], "session": r["session"], "run": r["run"],
+                    "level": seg.level, "onset": seg.onset_s,
+                }
+            segments.append({
+                "replay": replays[seg.bk2_path]["name"], "onset": seg.onset_s, "level": seg.level,
+                "n_frames_expected": seg.n_frames_expected,
+            })
+        n_vols = int(r["bold"].shape[0])
+        runs.append({
+            "run": run_id, "subject": r["subject"], "session": r["session"], "n_vols": n_vols,
+            "tr": float(r["tr"]), "segments": segments,
+        })
+        bolds.setdefault(r["subject"], []).append((run_id, np.asarray(r["bold"], dtype=np.float32)))
+    # the paper's order: subject, then level, then repetition (chronological: session, run, onset)
+    ordered = sorted(
+        replays.values(),
+        key=lambda p: (p["subject"], _natural(p["level"]), p["session"], p["run"], p["onset"]),
     )
-    return load_dataset(root)
+    for p in ordered:
+        p["split"] = "val" if _val_draw(p["name"]) < val_fraction else "train"
+    splits = [p["split"] for p in ordered]
+    if len(ordered) >= 2 and "val" not in splits:  # at least one of each
+        min(ordered, key=lambda p: _val_draw(p["name"]))["split"] = "val"
+    if len(ordered) >= 2 and "train" not in splits:
+        max(ordered, key=lambda p: _val_draw(p["name"]))["split"] = "train"
+    return runs, ordered, bolds
+
+
+def _replay_stim(args: tuple[str, str, str, str, int]) -> tuple[str, int]:
+    """Replay one stimulus bk2, resize and store its frames (one task)."""
+    root, name, bk2, game, size = args
+    rep = gameplay.replay(bk2, game=game, size=size)  # names the file if it is missing or corrupt
+    video.FrameStore(Path(root) / "frames").write(name, rep.frames)
+    np.savez(Path(root) / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards)
+    return name, int(len(rep.frames))
+
+
+def _place_segments(runs: list[dict[str, Any]], n_frames: dict[str, int], log: Log) -> None:
+    """Frames of each replay on its run: all of them, cut at the end of the run."""
+    for run in runs:
+        run_s = run["n_vols"] * run["tr"]
+        for seg in run["segments"]:
+            n = n_frames[seg["replay"]]
+            if abs(n - seg["n_frames_expected"]) > FPS:
+                log(
+                    f"[gameplay] note: {seg['replay']} replays to {n} frames but its events say "
+                    f"{seg['n_frames_expected']} (duration_bk2 x 60); the replayed frames are used"
+                )
+            seg["n_frames"] = max(0, min(n, int((run_s - seg["onset"]) * FPS)))
+
+
+def _check_split(replays: list[dict[str, Any]], split: str, span: int, val_fraction: float) -> None:
+    if not any(r["n_frames"] >= 2 * span for r in replays if r["split"] == split):
+        n = sum(r["split"] == split for r in replays)
+        raise ValueError(
+            f"The {split!r} replays ({n} of {len(replays)}, data.val_fraction={val_fraction}) hold no "
+            f"replay of at least two clips ({2 * span} frames): the GPT needs (previous, next) clip "
+            "pairs to train and to validate. Add replays or change data.val_fraction."
+        )
+
+
+# ----------------------------------------------------------------------------- simulated
 
 
 def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str, Any]]:

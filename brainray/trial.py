@@ -227,11 +227,27 @@ def _pairs(ds: Dataset, split: str, data_frames: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.device) -> dict[str, Any]:
-    """Features of every stimulus run on the TR grid, then ridge per subject on held-out runs."""
+    """Features of every stimulus run on the TR grid, then ridge per subject on held-out runs.
+
+    A subject is scored on its runs (``Dataset.run_indices``): its own runs (real data) or
+    the runs shared by every subject (simulated). Each run's features are computed once.
+
+    Returns
+    -------
+    scores : dict
+        ``r_mean_<subject>``, ``r_max_<subject>``; pooled over subjects ``brain_r_mean``,
+        ``brain_r_top10``, ``brain_r_max`` (max over parcels, averaged over subjects: the
+        paper's score), and ``ceiling_frac``, ``ceiling_mean`` (None when the noise
+        ceiling is unknown, as for real data).
+    """
     t, h, w = ds.latent_shape
-    tr_s = float(ds.manifest["tr"])
-    X_runs, groups = [], []
-    for k, run in enumerate(ds.manifest["runs"]):
+    features: dict[int, np.ndarray] = {}  # run index -> (n_vols, C), shared runs computed once
+
+    def run_features(k: int) -> np.ndarray:
+        """Features of run k's clips at ``layer``, pooled over space, on the TR grid: (n_vols, C)."""
+        if k in features:
+            return features[k]
+        run = ds.manifest["runs"][k]
         times, feats = [], []
         for seg in run["segments"]:
             codes = np.asarray(ds.tokens(seg["replay"]), dtype=np.int64)
@@ -247,28 +263,47 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
             ])  # (n_clips, t, C)
             step = ds.clip_span / t  # raw frames per latent time step
             starts = np.arange(n_clips)[:, None] * ds.clip_span + (np.arange(t)[None, :] + 0.5) * step
-            times.append((seg["onset"] + starts.reshape(-1) / FPS))
+            times.append(seg["onset"] + starts.reshape(-1) / FPS)
             feats.append(f.reshape(n_clips * t, -1).numpy())
-        X = encoding.resample_to_tr(np.concatenate(times), np.concatenate(feats), tr_s, run["n_vols"])
-        X_runs.append(X)
-        groups.append(np.full(run["n_vols"], k))
-    X = np.concatenate(X_runs).astype(np.float32)
-    groups = np.concatenate(groups)
+        if not feats:
+            raise ValueError(
+                f"{ds.root}: run {run['run']} has no replay of at least one clip ({ds.clip_span} frames) "
+                "inside it, so it has no features; prepare the dataset again without it."
+            )
+        tr_s = float(run.get("tr", ds.manifest["tr"]))  # per run for real data
+        features[k] = encoding.resample_to_tr(np.concatenate(times), np.concatenate(feats), tr_s, run["n_vols"])
+        return features[k]
+
     out: dict[str, Any] = {}
     rs, ceilings = [], []
-    for subject in ds.manifest["subjects"]:
+    for subject in ds.subjects:
+        runs = ds.run_indices(subject)
         sub = ds.subject(subject)
+        if len(sub.bold) != len(runs):
+            raise ValueError(
+                f"{ds.root}: {subject} has {len(sub.bold)} BOLD runs but the manifest lists {len(runs)} runs "
+                "for it; prepare the dataset again."
+            )
+        X = np.concatenate([run_features(k) for k in runs]).astype(np.float32)
+        groups = np.concatenate([np.full(len(run_features(k)), k) for k in runs])
         Y = np.concatenate(sub.bold).astype(np.float32)
+        if len(Y) != len(X):
+            raise ValueError(
+                f"{ds.root}: {subject} has {len(Y)} BOLD volumes but its runs in the manifest have "
+                f"{len(X)}; prepare the dataset again."
+            )
         r = encoding.encode_subject(X, Y, groups, alphas=tr.alphas, delays=tr.delays, device=str(device))
         s = encoding.summarize_scores(r, sub.ceiling)
         out[f"r_mean_{subject}"] = s["brain_r_mean"]
         out[f"r_max_{subject}"] = s["brain_r_max"]
         rs.append(r)
-        ceilings.append(sub.ceiling)
-    pooled = encoding.summarize_scores(np.concatenate(rs), np.concatenate(ceilings))
+        ceilings.append(None if sub.ceiling is None else np.broadcast_to(sub.ceiling, r.shape))
+    known = all(c is not None for c in ceilings)
+    ceiling = np.concatenate(ceilings) if known else None
+    pooled = encoding.summarize_scores(np.concatenate(rs), ceiling)
     # The paper's score is the max over parcels, averaged over subjects.
-    pooled["brain_r_max"] = float(np.mean([out[f"r_max_{s}"] for s in ds.manifest["subjects"]]))
-    pooled["ceiling_mean"] = float(np.mean(np.concatenate(ceilings)))
+    pooled["brain_r_max"] = float(np.mean([out[f"r_max_{s}"] for s in ds.subjects]))
+    pooled["ceiling_mean"] = float(np.mean(ceiling)) if known else None
     return {**out, **pooled}
 
 

@@ -11,14 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bids_tree import SES, SUB, TASK, TR, build_tree, bk2_path, write_bold
 from brainray import fmri
 
-TR = 1.49
 N_VOLS = 120  # "simple" + global signal is ~31 regressors: leave degrees of freedom
-SHAPE = (6, 6, 6)
 SINE_PERIOD_S = 20.0
-SUB, SES, TASK, SPACE = "sub-01", "ses-001", "shinobi", "MNI152NLin2009cAsym"
-MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 
 EVENTS = {  # the real quirks: duration_bk2, long float onsets, levels 1-0/4-1/5-0, missing rows
     1: [
@@ -34,75 +31,17 @@ EVENTS = {  # the real quirks: duration_bk2, long float onsets, levels 1-0/4-1/5
 }
 
 
-def _bk2(run: int, level: str, rep: str) -> str:
-    lvl = level.split("-")[0]
-    return f"{SUB}/{SES}/gamelogs/{SUB}_{SES}_task-{TASK}_run-{run:02d}_level-{lvl}_{rep}.bk2"
-
-
-def _write_events(path: Path, rows: list[tuple], run: int) -> None:
-    lines = ["\ttrial_type\tonset\tduration\tduration_bk2\tlevel\tstim_file"]  # pandas index column
-    for i, (tt, onset, dur, dur_bk2, level, stim) in enumerate(rows):
-        stim = _bk2(run, level, stim) if stim.startswith("rep-") else stim
-        lines.append(f"{i}\t{tt}\t{onset!r}\t{dur!r}\t{dur_bk2!r}\t{level}\t{stim}")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def _sine() -> np.ndarray:
     return np.sin(2 * np.pi * np.arange(N_VOLS) * TR / SINE_PERIOD_S)
 
 
-def _labels() -> np.ndarray:
-    """Four labels, one per x-y quadrant, through all z: label 1 is x < 3, y < 3."""
-    x, y, _ = np.indices(SHAPE)
-    return (1 + (x >= 3) + 2 * (y >= 3)).astype(np.int16)
-
-
-def _confounds(rng: np.random.Generator) -> pd.DataFrame:
-    """Every column fMRIPrep writes for "simple" + global signal, orthogonal to the sine."""
-    names = []
-    for base in MOTION + ["global_signal", "csf", "white_matter"]:
-        names += [base, f"{base}_derivative1", f"{base}_power2", f"{base}_derivative1_power2"]
-    names += ["framewise_displacement", "cosine00", "cosine01"]
-    basis = np.column_stack([np.ones(N_VOLS), _sine()])
-    x = rng.standard_normal((N_VOLS, len(names)))
-    x -= basis @ np.linalg.lstsq(basis, x, rcond=None)[0]  # the sine must survive denoising
-    df = pd.DataFrame(x, columns=names)
-    df.loc[0, [n for n in names if "derivative1" in n] + ["framewise_displacement"]] = np.nan
-    return df
-
-
-def _write_bold(path: Path, data: np.ndarray, tr: float = TR) -> None:
-    img = nib.Nifti1Image(data.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
-    img.header.set_zooms((2.0, 2.0, 2.0, tr))
-    img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, path)
+_bk2, _write_bold = bk2_path, write_bold
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> dict:
     """Raw BIDS tree with events and sidecars, fMRIPrep derivatives (run-1, run-2), atlas."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "shinobi"
-    func = root / SUB / SES / "func"
-    dfunc = root / "derivatives" / "fmriprep" / SUB / SES / "func"
-    func.mkdir(parents=True)
-    dfunc.mkdir(parents=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "shinobi", "BIDSVersion": "1.6.0"}))
-    labels = _labels()
-    for run, rows in EVENTS.items():
-        raw = f"{SUB}_{SES}_task-{TASK}_run-{run:02d}"
-        _write_events(func / f"{raw}_events.tsv", rows, run)
-        (func / f"{raw}_bold.json").write_text(json.dumps({"RepetitionTime": TR, "TaskName": TASK}))
-        # fMRIPrep drops the zero padding: run-1
-        der = f"{SUB}_{SES}_task-{TASK}_run-{run}"
-        data = 100.0 + 0.3 * rng.standard_normal(SHAPE + (N_VOLS,))
-        data[labels == 1] += _sine()
-        _write_bold(dfunc / f"{der}_space-{SPACE}_desc-preproc_bold.nii.gz", data)
-        conf = dfunc / f"{der}_desc-confounds_timeseries.tsv"
-        _confounds(rng).to_csv(conf, sep="\t", index=False, na_rep="n/a")
-    atlas = tmp_path / "atlas.nii.gz"
-    nib.save(nib.Nifti1Image(labels, np.diag([2.0, 2.0, 2.0, 1.0])), atlas)
-    return {"root": root, "func": func, "dfunc": dfunc, "atlas": atlas}
+    return build_tree(tmp_path, EVENTS, N_VOLS, signal=lambda run: _sine())
 
 
 def _events_path(tree: dict, run: int = 1) -> Path:
