@@ -31,11 +31,13 @@ __all__ = [
     "AXES",
     "stable_hash",
     "check_storage",
+    "DATA_SOURCES",
 ]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "presets"
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 DTYPES = ("fp32", "fp16", "bf16")
+DATA_SOURCES = ("simulated", "cneuromod")
 
 
 class SpecError(ValueError):
@@ -44,11 +46,23 @@ class SpecError(ValueError):
 
 @dataclass
 class DataSpec:
-    """The embedded default dataset: recorded gameplay plus a simulated brain."""
+    """Where the frames and the brain come from: ``source`` picks one of two datasets.
 
+    ``"simulated"`` (the embedded default): plays of ``game`` recorded by a ``policy``, and a
+    simulated brain with a known noise ceiling (``brainray.simbrain``); the fields from
+    ``train_replays`` to ``tr`` size it. ``"cneuromod"``: the CNeuroMod shinobi BIDS dataset
+    at ``bids_root`` with its fMRIPrep derivatives, parcellated with the labels atlas
+    ``atlas`` (``brainray.fmri``); every replay of the runs is replayed in ``game`` (the
+    paper's ``ShinobiIIIReturnOfTheNinjaMaster-Genesis``, whose ROM the user imports), and
+    ``val_fraction`` of them validate the GPT instead of training it.
+    """
+
+    source: str = "simulated"  # "simulated" | "cneuromod"
     game: str = "Airstriker-Genesis-v0"
     policy: str = "scripted"
     frame_size: int = 32  # the paper resizes to 128; 32 keeps the CPU demo fast
+    seed: int = 0
+    # -- source: simulated
     train_replays: int = 6
     replay_frames: int = 9000  # 150 s of 60 Hz gameplay per training play
     val_replays: int = 1
@@ -57,7 +71,52 @@ class DataSpec:
     run_vols: int = 100  # volumes per run at TR 1.49 s (the paper's runs have ~425)
     n_parcels: int = 64
     tr: float = 1.49
-    seed: int = 0
+    # -- source: cneuromod (paths absolute; TR and run lengths come from the files)
+    bids_root: str = ""
+    derivatives_root: str = ""  # "": <bids_root>/derivatives/fmriprep
+    atlas: str = ""  # labels NIfTI, e.g. MIST_1095 (the paper's MIST ATOM)
+    subjects: list[str] = field(default_factory=list)  # [] = every subject; "01" or "sub-01"
+    task: str = "shinobi"
+    # Replays whose name hashes below this fraction validate the GPT (at least one does);
+    # the paper held out 21 of 661 repetitions (~3%).
+    val_fraction: float = 0.05
+
+    def problems(self) -> list[str]:
+        """Every problem of these settings, as messages naming the field and value."""
+        p: list[str] = []
+        if self.source not in DATA_SOURCES:
+            allowed = "{" + ", ".join(map(repr, DATA_SOURCES)) + "}"
+            return [f"'data.source' must be one of {allowed}; got {self.source!r}"]
+        if self.frame_size < 1:
+            p.append(f"'data.frame_size' must be >= 1; got {self.frame_size}")
+        if self.source == "simulated":
+            if self.n_runs < 3:
+                p.append(f"'data.n_runs'={self.n_runs}: run-wise scoring needs at least 3 runs per subject")
+            if self.n_subjects < 1:
+                p.append(f"'data.n_subjects' must be >= 1; got {self.n_subjects}")
+            return p
+        for name, required, kind, what in (
+            ("bids_root", True, "folder", "your CNeuroMod shinobi BIDS dataset"),
+            ("derivatives_root", False, "folder", "its fMRIPrep derivatives (empty: <bids_root>/derivatives/fmriprep)"),
+            ("atlas", True, "file", "a labels atlas NIfTI (e.g. MIST_1095.nii.gz)"),
+        ):
+            value = getattr(self, name)
+            fix = f"set it to the absolute path of {what}"
+            if not value:
+                if required:
+                    p.append(f"'data.{name}' is required with data.source 'cneuromod'; {fix}")
+            elif not os.path.isabs(value):
+                p.append(f"'data.{name}' must be an absolute path; got {value!r}. {fix[0].upper()}{fix[1:]}")
+            elif not (os.path.isdir(value) if kind == "folder" else os.path.isfile(value)):
+                p.append(f"'data.{name}' {value!r} is not an existing {kind}; {fix}")
+        if any(not isinstance(s, str) or not s for s in self.subjects):
+            p.append(
+                f"'data.subjects' must be a list of names such as 'sub-01' or '01' (quote them in YAML); "
+                f"got {self.subjects!r}"
+            )
+        if not 0 < self.val_fraction < 1:
+            p.append(f"'data.val_fraction' must be in (0, 1); got {self.val_fraction!r}")
+        return p
 
 
 @dataclass
@@ -149,6 +208,9 @@ class ResourcesSpec:
     gpus_per_trial: float | str = "auto"  # auto: a fraction of a GPU sized by the model
     max_concurrent_trials: int = 0  # 0: as many as fit
     max_failures: int = 2
+    # true: the cluster has an autoscaler, so a request that no node can meet *now* (e.g. GPUs on a
+    # cluster scaled to zero) waits for a new node instead of being refused before the sweep starts.
+    autoscale: bool = False
 
 
 @dataclass
@@ -301,14 +363,17 @@ def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
             if not isinstance(t[k], int) or t[k] < 1:
                 p.append(f"'{k}' must be a positive integer; got {t[k]!r}")
     d = spec.data
-    capacity = d.train_replays * d.replay_frames
+    p.extend(d.problems())
+    simulated = d.source == "simulated"
     largest = max(max(ax.data_frames), ax.reference["data_frames"])
-    limit = max_data_frames or capacity
-    if largest > limit:
-        p.append(
-            f"data_frames={largest} is more than the {limit} frames of training gameplay "
-            f"(data.train_replays={d.train_replays} x data.replay_frames={d.replay_frames})"
+    # cneuromod: the training frames are known once the replays are played (sweep re-validates)
+    limit = max_data_frames or (d.train_replays * d.replay_frames if simulated else None)
+    if limit is not None and largest > limit:
+        source = (
+            f"data.train_replays={d.train_replays} x data.replay_frames={d.replay_frames}"
+            if simulated else f"the training replays of {d.bids_root}"
         )
+        p.append(f"data_frames={largest} is more than the {limit} frames of training gameplay ({source})")
     tk = spec.tokenizer
     span = tk.clip_frames * tk.time_downsample
     smallest = min(min(ax.data_frames), ax.reference["data_frames"])
@@ -317,17 +382,13 @@ def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
             f"data_frames={smallest} is less than two clips ({2 * span} frames of "
             f"{tk.clip_frames} x {tk.time_downsample}): a trial needs at least one (previous, next) pair"
         )
-    if d.replay_frames < 2 * span:
+    if simulated and d.replay_frames < 2 * span:
         p.append(f"'data.replay_frames'={d.replay_frames} is shorter than two clips ({2 * span} frames)")
     if tk.clip_frames % tk.downsample[0] or d.frame_size % tk.downsample[1] or d.frame_size % tk.downsample[2]:
         p.append(
             f"tokenizer.downsample={list(tk.downsample)} must divide (clip_frames, frame_size, frame_size)="
             f"({tk.clip_frames}, {d.frame_size}, {d.frame_size})"
         )
-    if d.n_runs < 3:
-        p.append(f"'data.n_runs'={d.n_runs}: run-wise scoring needs at least 3 runs per subject")
-    if d.n_subjects < 1:
-        p.append(f"'data.n_subjects' must be >= 1; got {d.n_subjects}")
     tr = spec.train
     if tr.epochs < 1 or tr.batch_size < 1:
         p.append("'train.epochs' and 'train.batch_size' must be >= 1")
