@@ -28,6 +28,8 @@ __all__ = [
     "read_trials",
     "read_curves",
     "logged_trial_ids",
+    "filesystem",
+    "is_uri",
 ]
 
 _STR, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
@@ -59,10 +61,20 @@ CURVE_SCHEMA = pa.schema(
 )
 
 
-def _fs(root: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in root:
+def is_uri(root: str) -> bool:
+    """True for ``s3://``, ``gs://``, ``file://`` ... roots; False for plain paths."""
+    return "://" in str(root)
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``root`` (a local path or a URI) and the path inside it."""
+    root = str(root)
+    if is_uri(root):
         return pafs.FileSystem.from_uri(root)
     return pafs.LocalFileSystem(), root
+
+
+_fs = filesystem
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -4,6 +4,8 @@
     python sweeps/scaling.py --preset smoke       # the smallest end-to-end run (tests, CI)
     python sweeps/scaling.py --preset paper --address auto --storage /shared/results
     python sweeps/scaling.py --dry-run            # the trial table and its estimated cost
+    python sweeps/scaling.py --search optuna --samples 20   # a budgeted Optuna search instead of the grid
+    python sweeps/scaling.py --storage s3://bucket/brainray --data-dir /shared/brainray-data
 
 Running the same command again resumes an interrupted sweep; ``--fresh`` starts over.
 """
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="delete this sweep's previous results and start over")
     ap.add_argument("--dry-run", action="store_true", help="print the trials and their estimated cost, then exit")
     ap.add_argument("--no-report", action="store_true", help="skip the frontier analysis at the end")
+    ap.add_argument("--data-dir", default=None,
+                    help="shared POSIX folder for the prepared dataset (required when --storage is a URI)")
+    ap.add_argument("--search", choices=("grid", "optuna"), default="grid",
+                    help="grid: every trial of the spec (default); optuna: --samples trials over width and data")
+    ap.add_argument("--samples", type=int, default=8, help="trials of an Optuna search (default: 8)")
     args = ap.parse_args(argv)
 
     try:
@@ -52,18 +59,40 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"[brainray] sweep {spec.name!r} from {spec.source} -> {storage}/{spec.name}")
     try:
-        root = run_sweep(spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus)
+        root = run_sweep(
+            spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus,
+            data_dir=args.data_dir, search=args.search, samples=args.samples,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_report:
-        from brainray.summary import run_frontier
-        from brainray.sweep import REPORT_LOCK
+        from brainray.sweep import REPORT_LOCK, write_frontier
 
         with REPORT_LOCK:  # wait for a live refresh still writing
-            run_frontier(root)
-    print(final_summary(root, time.perf_counter() - t0))
+            write_frontier(root)
+    if "://" in root:
+        print(_uri_summary(root, time.perf_counter() - t0))
+    else:
+        print(final_summary(root, time.perf_counter() - t0))
     return 0
+
+
+def _uri_summary(root: str, elapsed_s: float) -> str:
+    """The end-of-sweep summary for a URI root (``final_summary`` works on local folders)."""
+    from brainray import triallog
+    from brainray.summary import best_per_budget
+
+    trials = triallog.read_trials(root)
+    lines = ["", "=" * 78, f"Sweep {root}: {len(trials)} trials"]
+    if not trials.empty:
+        lines.append("  status: " + ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()))
+        best = best_per_budget(trials)
+        if not best.empty:
+            lines += ["", "Best configuration per training-FLOPs budget:", best.to_string(index=False)]
+    lines += ["", "Written:"] + [f"  {d:<11} {root}/{d}" for d in ("trials", "curves", "tensorboard", "frontier")]
+    lines.append(f"Total wall time {elapsed_s / 60:.1f} min")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,41 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     log = triallog.read_trials(str(root))
     assert len(log) == len(expected)
     assert len(list((root / "trials").glob("*.parquet"))) == len(expected)  # nothing re-run or re-written
+
+
+# -- checks made before any trial starts (no Ray instance needed) ---------------------------------
+def _spec(**resources):
+    import dataclasses
+
+    spec = load_spec("smoke")
+    return dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, **resources))
+
+
+def test_a_request_no_single_node_can_meet_is_refused_even_if_the_total_could():
+    from brainray.sweep import check_resources
+
+    two_small_nodes = [{"CPU": 2.0}, {"CPU": 2.0}]  # 4 CPUs in total, but a trial runs on one node
+    with pytest.raises(ValueError, match="asks for 3 CPU and 0 GPU on one node"):
+        check_resources(_spec(cpus_per_trial=3, gpus_per_trial=0), two_small_nodes, joined=True)
+    check_resources(_spec(cpus_per_trial=2, gpus_per_trial=0), two_small_nodes, joined=True)
+
+
+def test_gpus_auto_on_a_cluster_with_no_gpu_must_be_made_explicit():
+    from brainray.sweep import check_resources
+
+    cpu_nodes = [{"CPU": 8.0}]
+    with pytest.raises(ValueError, match="no node of the cluster has a GPU now"):
+        check_resources(_spec(gpus_per_trial="auto"), cpu_nodes, joined=True)
+    check_resources(_spec(gpus_per_trial="auto"), cpu_nodes, joined=False)  # local instance: CPU trials
+    check_resources(_spec(gpus_per_trial=0), cpu_nodes, joined=True)  # CPU on purpose
+    with pytest.raises(ValueError, match="asks for 1 CPU and 1 GPU"):
+        check_resources(_spec(gpus_per_trial=1), cpu_nodes, joined=True)
+    said = []
+    check_resources(_spec(gpus_per_trial=1, autoscale=True), cpu_nodes, joined=True, log=said.append)
+    assert "waiting for the autoscaler" in said[0]
+
+
+def test_uri_storage_needs_a_posix_data_dir(tmp_path):
+    out = _scaling("--preset", "smoke", "--storage", "s3://bucket/brainray", "--no-report")
+    assert out.returncode == 2
+    assert "--data-dir" in out.stderr and "POSIX" in out.stderr
