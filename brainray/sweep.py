@@ -238,6 +238,13 @@ REPORT_LOCK = threading.Lock()  # one report writer at a time (live refreshes an
 _LIVE_REPORTS: list[threading.Thread] = []  # live-refresh threads started by this process
 
 
+def wait_for_live_reports() -> None:
+    """Join live report threads: the interpreter must not exit while matplotlib draws
+    (a daemon thread in FreeType at exit aborts the process)."""
+    while _LIVE_REPORTS:
+        _LIVE_REPORTS.pop().join()
+
+
 def _live_report(root: str) -> None:
     with REPORT_LOCK:
         try:
@@ -488,6 +495,7 @@ def run_sweep(
         )
     t0 = time.perf_counter()
     tuner.fit()
+    wait_for_live_reports()
     log(f"[sweep] trials done in {time.perf_counter() - t0:.0f} s")
     return root
 

@@ -102,7 +102,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
         return float(np.mean(losses))
 
     # -- resume ---------------------------------------------------------------------------
-    state = {"step": 0, "epoch": 0, "best_val_loss": float("inf"), "train_s": 0.0}
+    state = {"step": 0, "epoch": 0, "best_val_loss": float("inf"), "train_s": 0.0, "train_loss": float("nan")}
     best_weights = None
     if checkpoint_dir:
         ckpt = torch.load(os.path.join(checkpoint_dir, CHECKPOINT), map_location=device, weights_only=True)
@@ -111,7 +111,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng_cpu"])
         best_weights = ckpt["best_model"]
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, v) for k, v in state.items()}
 
     base = {
         "n_embd": spec.n_embd, "n_layer": spec.n_layer, "n_head": spec.n_head, "dtype": dtype, "seed": seed,
@@ -159,14 +159,16 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
                     torch.cuda.synchronize()
                 state["train_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                report({**progress(loss.item(), last_val), "lr": lr})
+                state["train_loss"] = loss.item()
+                report({**progress(state["train_loss"], last_val), "lr": lr})
         if device.type == "cuda":
             torch.cuda.synchronize()
         state["train_s"] += time.perf_counter() - t0
         state["epoch"] += 1
+        state["train_loss"] = loss.item()
         last_val = estimate_val_loss()
         if not math.isfinite(last_val):
-            return _diverged(report, progress(loss.item(), last_val), state["step"], last_val)
+            return _diverged(report, progress(state["train_loss"], last_val), state["step"], last_val)
         if last_val < state["best_val_loss"]:
             state["best_val_loss"] = last_val
             best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
@@ -179,7 +181,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
                 },
                 os.path.join(tmp, CHECKPOINT),
             )
-            report({**progress(loss.item(), last_val), "lr": lr}, checkpoint_dir=tmp)
+            report({**progress(state["train_loss"], last_val), "lr": lr}, checkpoint_dir=tmp)
 
     # -- brain encoding with the best-val-loss weights ----------------------------------------
     t0 = time.perf_counter()
@@ -187,7 +189,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
     model.eval()
     scores = score_brain(model, ds, gpt.feature_layer(spec.n_layer, tr.feature_depth), tr, device)
     final = {
-        **progress(loss.item(), last_val),
+        **progress(state["train_loss"], last_val),
         **scores,
         "val_loss": state["best_val_loss"],
         "final_val_loss": last_val,

@@ -57,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     from brainray.sweep import run_sweep  # imports Ray: after argument checks, so --help is instant
 
     t0 = time.perf_counter()
+    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
+    # Under `ray job submit` the job's working dir can vanish before Tune's last look at the
+    # current directory (ray-project/ray#52343); every path here is absolute, so leave it.
+    os.chdir(Path.home())
     print(f"[brainray] sweep {spec.name!r} from {spec.source} -> {storage}/{spec.name}")
     try:
         root = run_sweep(
             spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus,
-            data_dir=args.data_dir, search=args.search, samples=args.samples,
+            data_dir=data_dir, search=args.search, samples=args.samples,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

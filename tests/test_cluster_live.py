@@ -89,13 +89,26 @@ def _until(fn, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def _smoke_spec(tmp_path, **train) -> Path:
+    """The smoke preset for a joined CPU-only cluster (gpus_per_trial 0: 'auto' is refused there)."""
+    smoke = yaml.safe_load((REPO / "sweeps" / "presets" / "smoke.yaml").read_text())
+    smoke["name"] = "live"
+    smoke["train"].update(train)
+    smoke["resources"].update(max_failures=3, gpus_per_trial=0)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(smoke))
+    return path
+
+
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_sweep_command(cluster, tmp_path):
+def test_ray_job_submit_runs_the_sweep(cluster, tmp_path):
     """``ray job submit --working-dir . -- python sweeps/scaling.py ...`` against the cluster:
-    the job appears in the job server (what the dashboard lists) with its logs."""
+    the sweep runs as a job of the job server (what the dashboard lists), with its logs."""
+    spec = _smoke_spec(tmp_path)
     addr = ["--address", cluster["dashboard"]]
-    submit = ["job", "submit", *addr, "--working-dir", str(REPO), "--submission-id", "brainray-dry-run",
-              "--no-wait", "--", "python", "sweeps/scaling.py", "--preset", "smoke", "--dry-run"]
+    submit = ["job", "submit", *addr, "--working-dir", str(REPO), "--submission-id", "brainray-smoke",
+              "--no-wait", "--", "python", "sweeps/scaling.py", "--preset", str(spec), "--address", "auto",
+              "--storage", str(tmp_path / "results"), "--no-report"]
 
     def submitted():  # the job agent starts a little after the head
         out = _ray(cluster, *submit)
@@ -105,23 +118,22 @@ def test_ray_job_submit_runs_the_sweep_command(cluster, tmp_path):
     _until(submitted, 180, "the job agent")
 
     def finished():
-        text = (_ray(cluster, "job", "status", *addr, "brainray-dry-run").stdout).lower()
+        text = (_ray(cluster, "job", "status", *addr, "brainray-smoke").stdout).lower()
         return ("succeeded" in text or "failed" in text or "stopped" in text) and text
 
-    assert "succeeded" in _until(finished, 300, "the job to finish")
-    logs = _ray(cluster, "job", "logs", *addr, "brainray-dry-run")
-    assert "6 trials" in logs.stdout and "GPU-hours" in logs.stdout
+    status = _until(finished, 600, "the job to finish")
+    logs = _ray(cluster, "job", "logs", *addr, "brainray-smoke").stdout
+    assert "succeeded" in status, logs[-4000:]
+    assert "Best configuration per training-FLOPs budget" in logs
+    listed = _ray(cluster, "job", "list", *addr).stdout
+    assert "brainray-smoke" in listed
+    trials = triallog.read_trials(str(tmp_path / "results" / "live"))
+    assert len(trials) == len(load_spec(str(spec)).axes.trials())
 
 
 @pytest.mark.slow
 def test_sweep_survives_losing_a_worker_node(cluster, tmp_path):
-    spec_file = tmp_path / "spec.yaml"
-    smoke = yaml.safe_load((REPO / "sweeps" / "presets" / "smoke.yaml").read_text())
-    smoke["name"] = "live"
-    smoke["train"]["epochs"] = 4  # long enough to be caught mid-run
-    smoke["resources"]["max_failures"] = 3
-    smoke["resources"]["gpus_per_trial"] = 0  # a joined CPU-only cluster: say so (auto is refused there)
-    spec_file.write_text(yaml.safe_dump(smoke))
+    spec_file = _smoke_spec(tmp_path, epochs=4)  # long enough to be caught mid-run
     expected = load_spec(str(spec_file)).axes.trials()
 
     cmd = [sys.executable, str(REPO / "sweeps" / "scaling.py"), "--preset", str(spec_file),

@@ -93,3 +93,13 @@ def test_divergence_is_reported_as_failure(trial_config, tmp_path):
 def test_data_budget_too_small_for_a_clip_pair(trial_config, tmp_path):
     with pytest.raises(ValueError, match="data_frames=10 gives no pair of consecutive clips"):
         trial.run({**trial_config, "data_frames": 10}, Recorder(tmp_path))
+
+
+def test_resume_from_the_last_epoch_checkpoint_only_scores(trial_config, tmp_path):
+    """A trial restored after its last epoch (e.g. retried by Tune) skips training and scores."""
+    full = Recorder(tmp_path / "full")
+    expected = trial.run(trial_config, full)
+    again = trial.run(trial_config, Recorder(tmp_path / "again"), checkpoint_dir=full.checkpoints[-1])
+    assert again["step"] == expected["step"] and again["val_loss"] == expected["val_loss"]
+    assert again["train_loss"] == expected["train_loss"]
+    assert again["brain_r_mean"] == pytest.approx(expected["brain_r_mean"], abs=1e-6)
