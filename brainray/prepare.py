@@ -235,20 +235,20 @@ def _simulated(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str
     tok = _tokenize(tk, d, root, replays, log)
     timings["tokenizer_s"] = time.perf_counter() - t0
 
+    return _manifest(
+        d, "simulated", d.tr, tok, replays, runs, list(simbrain.SUBJECTS[: d.n_subjects]), "exact", timings
+    )
+
+
+def _manifest(
+    d: DataSpec, source: str, tr: float, tok: dict, replays: list, runs: list, subjects: list[str],
+    noise_ceiling: str | None, timings: dict[str, float], **extra: Any,
+) -> dict[str, Any]:
+    """The ``dataset.json`` content shared by every source (version 2)."""
     return {
-        "version": 2,
-        "source": "simulated",
-        "game": d.game,
-        "frame_size": d.frame_size,
-        "fps": FPS,
-        "tr": d.tr,
-        "data": dataclasses.asdict(d),
-        "tokenizer": tok,
-        "replays": replays,
-        "runs": runs,
-        "subjects": list(simbrain.SUBJECTS[: d.n_subjects]),
-        "noise_ceiling": "exact",
-        "timings": timings,
+        "version": 2, "source": source, "game": d.game, "frame_size": d.frame_size, "fps": FPS, "tr": tr,
+        "data": dataclasses.asdict(d), "tokenizer": tok, **extra, "replays": replays, "runs": runs,
+        "subjects": subjects, "noise_ceiling": noise_ceiling, "timings": timings,
     }
 
 
@@ -294,22 +294,10 @@ def _cneuromod(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str
     tok = _tokenize(tk, d, root, replays, log)
     timings["tokenizer_s"] = time.perf_counter() - t0
 
-    return {
-        "version": 2,
-        "source": "cneuromod",
-        "game": d.game,
-        "frame_size": d.frame_size,
-        "fps": FPS,
-        "tr": runs[0]["tr"],
-        "data": dataclasses.asdict(d),
-        "tokenizer": tok,
-        "replay_order": list(REPLAY_ORDER),
-        "replays": replays,
-        "runs": runs,
-        "subjects": list(bolds),
-        "noise_ceiling": None,
-        "timings": timings,
-    }
+    return _manifest(
+        d, "cneuromod", runs[0]["tr"], tok, replays, runs, list(bolds), None, timings,
+        replay_order=list(REPLAY_ORDER),
+    )
 
 
 def _check_stimuli(bids_root: Path, deriv: str | None, task: str, subjects: list[str] | None) -> None:
