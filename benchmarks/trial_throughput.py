@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from brainray import gpt
+from brainray.devices import pick_device
 
 OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "trial_throughput.json"
 
@@ -76,7 +77,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (a trial uses train.threads)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    device = gpt.pick_device()
+    device = pick_device()
     if args.paper:
         configs, V, T, batch = [(576, 8, 4), (128, 8, 4)], 1024, 256, 64
     else:

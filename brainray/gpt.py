@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from brainray.devices import pick_device
-
 __all__ = [
     "GPTSpec",
     "build_model",

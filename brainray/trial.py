@@ -27,6 +27,7 @@ import torch
 
 from brainray import encoding, gpt
 from brainray.config import TrainSpec
+from brainray.devices import pick_device
 from brainray.prepare import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
@@ -46,7 +47,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
     tr = TrainSpec(**config["train"])
     ds = load_dataset(config["dataset"])
     torch.set_num_threads(max(1, int(tr.threads)))
-    device = gpt.pick_device(tr.device)
+    device = pick_device(tr.device)
     dtype = config["dtype"]
     amp_dtype = gpt.autocast_dtype(dtype)
     if device.type == "cuda":
