@@ -38,6 +38,7 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "presets"
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 DTYPES = ("fp32", "fp16", "bf16")
 DATA_SOURCES = ("simulated", "cneuromod")
+DATA_SCHEDULES = ("scratch", "reuse")
 
 
 class SpecError(ValueError):
@@ -153,6 +154,30 @@ class TrainSpec:
     delays: tuple[int, ...] = (1, 2, 3, 4)
     device: str = "auto"
     threads: int = 1  # torch CPU threads per trial; match resources.cpus_per_trial
+    # "scratch": every data size trained from scratch (the paper). "reuse": one run per model
+    # config over the largest size, each smaller size a cooldown branch off it (brainray.schedule).
+    data_schedule: str = "scratch"
+    lr_schedule: str = "auto"  # auto: cosine for scratch, wsd (warmup-stable-decay) for reuse
+    cooldown_frac: float = 0.2  # wsd: share of each run's steps spent decaying the LR
+
+    def __post_init__(self):
+        if self.lr_schedule == "auto":
+            self.lr_schedule = "wsd" if self.data_schedule == "reuse" else "cosine"
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.data_schedule not in DATA_SCHEDULES:
+            p.append(f"'train.data_schedule' must be one of {list(DATA_SCHEDULES)}; got {self.data_schedule!r}")
+        if self.lr_schedule not in ("cosine", "wsd"):
+            p.append(f"'train.lr_schedule' must be one of ['auto', 'cosine', 'wsd']; got {self.lr_schedule!r}")
+        elif self.data_schedule == "reuse" and self.lr_schedule != "wsd":
+            p.append(
+                "'train.data_schedule' reuse needs 'train.lr_schedule' wsd (branches fork off a constant-LR "
+                f"phase); got {self.lr_schedule!r}"
+            )
+        if not 0 < self.cooldown_frac < 1:
+            p.append(f"'train.cooldown_frac' must be in (0, 1); got {self.cooldown_frac}")
+        return p
 
 
 @dataclass
@@ -227,6 +252,19 @@ class SweepSpec:
         d = dataclasses.asdict(self)
         d.pop("source")
         return d
+
+    def runs(self) -> list[dict[str, Any]]:
+        """What Tune runs: one config per trial; with ``train.data_schedule: reuse`` one per model
+        config, with its data sizes in ``branches`` (``data_frames`` is the largest)."""
+        trials = self.axes.trials()
+        if self.train.data_schedule != "reuse":
+            return trials
+        groups: dict[tuple, dict[str, Any]] = {}
+        for t in trials:
+            group = groups.setdefault(tuple(t[a] for a in AXES if a != "data_frames"), {**t, "branches": []})
+            group["branches"] = sorted({*group["branches"], t["data_frames"]})
+            group["data_frames"] = group["branches"][-1]
+        return list(groups.values())
 
     def data_key(self) -> str:
         """Hash of everything the prepared dataset and tokens depend on."""
@@ -390,6 +428,7 @@ def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
             f"({tk.clip_frames}, {d.frame_size}, {d.frame_size})"
         )
     tr = spec.train
+    p.extend(tr.problems())
     if tr.epochs < 1 or tr.batch_size < 1:
         p.append("'train.epochs' and 'train.batch_size' must be >= 1")
     if not 0 < tr.feature_depth <= 1:

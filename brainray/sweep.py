@@ -139,7 +139,7 @@ def check_resources(
             "them), 0 runs every trial on CPUs"
         )
     fn = trial_resources(spec, {"GPU": total_gpu})
-    requests = sorted({(fn({"trial": t})["cpu"], fn({"trial": t})["gpu"]) for t in spec.axes.trials()})
+    requests = sorted({(fn({"trial": t})["cpu"], fn({"trial": t})["gpu"]) for t in spec.runs()})
     largest = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "no live node"
     for cpu, gpu in requests:
         if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
@@ -184,29 +184,31 @@ class TrialLogCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         keys = ("step", "epoch", "tokens", "train_flops", "train_loss", "val_loss", "lr", "train_s")
-        self._curves.setdefault(trial.trial_id, []).append({"sweep": self.sweep, **{k: result.get(k) for k in keys}})
-        if time.time() - self._last_flush > self.flush_s:
+        branch = result.get("branch")  # a reuse branch's own steps go under its own row id
+        curve_id = triallog.branch_id(trial.trial_id, branch) if branch else trial.trial_id
+        self._curves.setdefault(curve_id, []).append({"sweep": self.sweep, **{k: result.get(k) for k in keys}})
+        if result.get("branch_done"):  # one data size of a reuse run is finished: its row now
+            row_id = triallog.branch_id(trial.trial_id, result["data_frames"])
+            self._final(trial, row_id, result, "ERROR" if result.get("error") else "TERMINATED", result.get("error"))
+        elif time.time() - self._last_flush > self.flush_s:
             self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        self._final(trial, "ERROR" if result.get("error") else "TERMINATED", result.get("error"))
+        self._close(trial, "ERROR" if result.get("error") else "TERMINATED", result.get("error"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._final(trial, "ERROR", _error_text(trial))
+        self._close(trial, "ERROR", _error_text(trial))
 
     def on_experiment_end(self, trials, **info):
         # Safety net: every trial of the experiment gets its row, even if Tune ended it
         # without a complete/error event reaching this callback (e.g. around a lost node).
         for trial in trials:
-            if self._logged is not None and trial.trial_id in self._logged:
-                continue
             result = trial.last_result or {}
             if trial.status == "TERMINATED" and not result.get("error"):
-                self._final(trial, "TERMINATED", None)
+                self._close(trial, "TERMINATED", None)
             else:
-                error = result.get("error") or _error_text(trial)
-                self._final(trial, "ERROR", f"ended {trial.status}: {error}")
+                self._close(trial, "ERROR", f"ended {trial.status}: {result.get('error') or _error_text(trial)}")
         self._flush()
 
     def _flush(self):
@@ -215,24 +217,39 @@ class TrialLogCallback(tune.Callback):
         self._curves = {}
         self._last_flush = time.time()
 
-    def _final(self, trial, status: str, error: str | None):
+    def _close(self, trial, status: str, error: str | None) -> None:
+        """Write the rows a Tune trial still owes: its own, or each data size of a reuse run not yet logged.
+
+        A reuse branch has its row from the moment it reports ``branch_done``; sizes left when
+        the run ends (its trunk diverged or raised) are logged as errors, without metrics.
+        """
+        branches = trial.config["trial"].get("branches")
+        if not branches:
+            self._final(trial, trial.trial_id, trial.last_result or {}, status, error)
+            return
+        for d in branches:
+            why = error or "the reuse run ended before this data size's branch was scored"
+            self._final(trial, triallog.branch_id(trial.trial_id, d), {"data_frames": d}, "ERROR", why)
+
+    def _final(self, trial, row_id: str, result: dict[str, Any], status: str, error: str | None):
         if self._logged is None:
             self._logged = triallog.logged_trial_ids(self.root)
-        if trial.trial_id in self._logged:
+        if row_id in self._logged:
             return
         self._flush()
-        result = dict(trial.last_result or {})
         config = dict(trial.config)
         row = {
             **{k: v for k, v in result.items() if not isinstance(v, (dict, list))},
             **config["trial"],
-            "sweep": self.sweep, "trial_id": trial.trial_id, "status": status, "error": error,
+            "sweep": self.sweep, "trial_id": row_id, "status": status, "error": error,
             "num_failures": trial.num_failures, "brainray_version": brainray.__version__, "git_sha": _git_sha(),
             "started_at": self._started.get(trial.trial_id), "finished_at": _now(),
             "config_json": json.dumps({"trial": config["trial"], "train": config["train"]}, default=str),
         }
+        if config["trial"].get("branches"):
+            row.update(data_frames=result["data_frames"], parent_trial=trial.trial_id, data_schedule="reuse")
         triallog.write_trial(self.root, row)
-        self._logged.add(trial.trial_id)
+        self._logged.add(row_id)
         if self.live_report:
             self._refresh_report()
 
@@ -317,18 +334,20 @@ class TensorBoardCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from tensorboardX import SummaryWriter
 
-        if trial.trial_id not in self._writers:
-            self._writers[trial.trial_id] = SummaryWriter(os.path.join(self.logdir, str(trial)))
-        w = self._writers[trial.trial_id]
+        branch = result.get("branch")  # a reuse branch's cooldown gets a run of its own
+        key = f"{trial.trial_id}-d{branch}" if branch else trial.trial_id
+        if key not in self._writers:
+            self._writers[key] = SummaryWriter(os.path.join(self.logdir, f"{trial}-d{branch}" if branch else str(trial)))
+        w = self._writers[key]
         for k in self.KEYS:
             v = result.get(k)
             if isinstance(v, (int, float)) and v == v:
                 w.add_scalar(k, v, global_step=result.get("step", 0))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.trial_id in self._writers:
-            self._writers.pop(trial.trial_id).close()
-            self._sync()
+        for key in [k for k in self._writers if k == trial.trial_id or k.startswith(f"{trial.trial_id}-d")]:
+            self._writers.pop(key).close()
+        self._sync()
 
     on_trial_error = on_trial_complete
 
@@ -422,6 +441,11 @@ def run_sweep(
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}; got {search!r}.")
+    if search == "optuna" and spec.train.data_schedule == "reuse":
+        raise ValueError(
+            f"{spec.source}: train.data_schedule 'reuse' shares one run across a grid of data sizes; an Optuna "
+            "search draws each data size on its own. Use the grid search, or train.data_schedule: scratch."
+        )
     if search == "optuna" and samples < 1:
         raise ValueError(f"samples must be >= 1 for an Optuna search; got {samples}.")
     root = f"{str(storage).rstrip('/')}/{spec.name}"
@@ -457,8 +481,13 @@ def run_sweep(
 
     constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train)}
     if search == "grid":
-        trials = spec.axes.trials()
-        log(f"[sweep] {len(trials)} trials over data_frames, n_embd, n_layer, n_head, dtype (FIFO grid)")
+        trials = spec.runs()
+        if spec.train.data_schedule == "reuse":
+            n = sum(len(t["branches"]) for t in trials)
+            log(f"[sweep] {n} trials as {len(trials)} reuse runs (one per model config; each smaller data size "
+                "a cooldown branch, logged as its own trial), FIFO grid")
+        else:
+            log(f"[sweep] {len(trials)} trials over data_frames, n_embd, n_layer, n_head, dtype (FIFO grid)")
         param_space, search_alg = {"trial": tune.grid_search(trials), **constants}, None
         num_samples, name = 1, EXPERIMENT
     else:

@@ -9,10 +9,15 @@ ridge encoding on held-out runs.
 ``report(metrics, checkpoint_dir=None)`` is called every ``log_every`` steps and at each
 epoch end (with a checkpoint folder), and once at the end with the brain scores. Every
 report carries ``val_loss`` (the sweep metric), carried forward between evaluations.
+
+With ``train.data_schedule: reuse`` one run serves several data sizes (``_run_reuse``,
+planned by ``brainray.schedule``): each size is a cooldown branch off a shared trunk and
+is reported, with ``branch_done: True``, as a trial of its own.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
@@ -25,184 +30,343 @@ from typing import Any
 import numpy as np
 import torch
 
-from brainray import encoding, gpt
+from brainray import encoding, gpt, schedule
 from brainray.config import TrainSpec
 from brainray.devices import pick_device
 from brainray.prepare import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
-__all__ = ["run", "TrialDiverged", "CHECKPOINT"]
+__all__ = ["run", "score_brain", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 Report = Callable[..., None]
 
 
-class TrialDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = None) -> dict[str, Any]:
-    """Train and score one configuration; returns the final metrics (also reported)."""
-    # -- settings -------------------------------------------------------------------------
+    """Train and score one configuration; returns the final metrics (also reported).
+
+    With ``train.data_schedule: reuse`` every data size in ``config["branches"]`` is trained
+    by one run (``_run_reuse``); each size's final metrics are reported with
+    ``branch_done: True`` and become a trial-log row of their own.
+    """
     tr = TrainSpec(**config["train"])
-    ds = load_dataset(config["dataset"])
-    torch.set_num_threads(max(1, int(tr.threads)))
-    device = pick_device(tr.device)
-    dtype = config["dtype"]
-    amp_dtype = gpt.autocast_dtype(dtype)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 trials use TF32 matmuls (peak table assumes it)
-    seed = int(config["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    if tr.data_schedule == "reuse":
+        return _run_reuse(config, tr, report, checkpoint_dir)
+    if len(config.get("branches") or []) > 1:
+        raise ValueError(f"config lists branches {config['branches']} but train.data_schedule is {tr.data_schedule!r}.")
+    t = _Trainer(config, tr)
 
     # -- data: nested prefix of the training plays, in raw 60 Hz frames ------------------------
-    T = int(np.prod(ds.latent_shape))
-    train_seqs = _pairs(ds, "train", int(config["data_frames"]))
-    val_seqs = _pairs(ds, "val", None)
+    data_frames = int(config["data_frames"])
+    train_seqs = _pairs(t.ds, "train", data_frames)
     n_pairs = len(train_seqs)
-    steps_per_epoch = max(1, math.ceil(n_pairs / tr.batch_size))
+    steps_per_epoch = schedule.steps_for(n_pairs, 1, tr.batch_size)
     max_steps = tr.epochs * steps_per_epoch
-
-    # -- model and optimiser --------------------------------------------------------------
-    spec = gpt.GPTSpec(
-        n_embd=int(config["n_embd"]), n_layer=int(config["n_layer"]), n_head=int(config["n_head"]),
-        vocab_size=int(ds.manifest["tokenizer"]["n_codes"]), tokens_per_clip=T, dropout=tr.dropout,
-    )
-    model = gpt.build_model(spec).to(device)
-    n_params, n_params_nonembed = gpt.count_params(model)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tr.lr, betas=(0.9, 0.95),
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
-    flops_per_token = gpt.train_flops_per_token(spec.n_layer, spec.n_embd, spec.vocab_size, spec.n_ctx, n_logits=T)
-    peak = gpt.peak_flops(device, dtype)
+    warmup = schedule.warmup_steps(tr.warmup_frac, max_steps)
+    fork = max_steps - max(1, round(tr.cooldown_frac * max_steps))
 
     def get_lr(step: int) -> float:
-        """Linear warmup, then cosine decay to ``min_lr_frac * lr``."""
-        warmup = int(tr.warmup_frac * max_steps)
-        if step < warmup:
-            return tr.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, max_steps - warmup)
-        return tr.lr * (tr.min_lr_frac + (1 - tr.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    @torch.no_grad()
-    def estimate_val_loss() -> float:
-        model.eval()
-        losses = []
-        for b in range(0, min(len(val_seqs), tr.val_batches * tr.batch_size), tr.batch_size):
-            with autocast():
-                losses.append(gpt.next_clip_loss(model, val_seqs[b : b + tr.batch_size].to(device), T).item())
-        model.train()
-        return float(np.mean(losses))
+        if tr.lr_schedule == "wsd":
+            return schedule.wsd_lr(step, fork, max_steps, tr.lr, warmup, tr.min_lr_frac)
+        return schedule.cosine_lr(step, max_steps, tr.lr, warmup, tr.min_lr_frac)
 
     # -- resume ---------------------------------------------------------------------------
-    state = {"step": 0, "epoch": 0, "best_val_loss": float("inf"), "train_s": 0.0, "train_loss": float("nan")}
-    best_weights = None
-    if checkpoint_dir:
-        ckpt = torch.load(os.path.join(checkpoint_dir, CHECKPOINT), map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        best_weights = ckpt["best_model"]
-        state = {k: ckpt.get(k, v) for k, v in state.items()}
-
-    base = {
-        "n_embd": spec.n_embd, "n_layer": spec.n_layer, "n_head": spec.n_head, "dtype": dtype, "seed": seed,
-        "data_frames": int(config["data_frames"]), "params": n_params, "params_nonembed": n_params_nonembed,
-        "flops_per_token": flops_per_token, "n_ctx": spec.n_ctx, "vocab_size": spec.vocab_size,
-        "batch_size": tr.batch_size, "lr": tr.lr, "epochs": tr.epochs, "max_steps": max_steps,
-        "train_pairs": n_pairs, "device": str(device), "node": platform.node(),
-    }
-
-    def progress(train_loss: float, val_loss: float) -> dict[str, Any]:
-        tokens = state["step"] * tr.batch_size * spec.n_ctx
-        tps = tokens / state["train_s"] if state["train_s"] > 0 else 0.0
-        return {
-            **base, "step": state["step"], "epoch": state["epoch"], "train_loss": train_loss,
-            "val_loss": val_loss, "best_val_loss": state["best_val_loss"], "tokens": tokens,
-            "train_flops": flops_per_token * tokens, "tokens_per_s": tps,
-            "mfu": flops_per_token * tps / peak if peak else None, "train_s": state["train_s"],
-            "eta_s": (max_steps - state["step"]) * state["train_s"] / max(1, state["step"]),
-        }
+    best_weights = t.load(checkpoint_dir)["best_model"] if checkpoint_dir else None
+    state = t.state
+    base = {**t.base, "data_frames": data_frames, "max_steps": max_steps, "train_pairs": n_pairs}
 
     # -- training loop ----------------------------------------------------------------------
-    model.train()
-    last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else estimate_val_loss()
+    last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else t.val_loss()
+    lr = get_lr(state["step"])
     while state["epoch"] < tr.epochs:
-        order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed * 1000 + state["epoch"]))
-        t0 = time.perf_counter()
+        order = _epoch_order(n_pairs, t.seed * 1000 + state["epoch"])
+        t.start_clock()
         for b in range(steps_per_epoch):
             lr = get_lr(state["step"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = train_seqs[order[b * tr.batch_size : (b + 1) * tr.batch_size]].to(device)
-            with autocast():
-                loss = gpt.next_clip_loss(model, batch, T)
-            if not torch.isfinite(loss):
-                return _diverged(report, progress(loss.item(), last_val), state["step"], loss.item())
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
+            loss = t.step(train_seqs[order[b * tr.batch_size : (b + 1) * tr.batch_size]], lr)
+            if not math.isfinite(loss):
+                return _report(report, _failed({**base, **t.progress(max_steps, last_val)}, state["step"], loss))
             if state["step"] % tr.log_every == 0 and b < steps_per_epoch - 1:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                state["train_s"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                state["train_loss"] = loss.item()
-                report({**progress(state["train_loss"], last_val), "lr": lr})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        state["train_s"] += time.perf_counter() - t0
+                t.stop_clock()
+                t.start_clock()
+                report({**base, **t.progress(max_steps, last_val), "lr": lr})
+        t.stop_clock()
         state["epoch"] += 1
-        state["train_loss"] = loss.item()
-        last_val = estimate_val_loss()
+        last_val = t.val_loss()
         if not math.isfinite(last_val):
-            return _diverged(report, progress(state["train_loss"], last_val), state["step"], last_val)
+            return _report(report, _failed({**base, **t.progress(max_steps, last_val)}, state["step"], last_val))
         if last_val < state["best_val_loss"]:
             state["best_val_loss"] = last_val
-            best_weights = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+            best_weights = {k: v.detach().clone().cpu() for k, v in t.model.state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(
-                {
-                    **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(), "best_model": best_weights,
-                    "config": {k: v for k, v in config.items() if k != "train"}, "train": dict(config["train"]),
-                },
-                os.path.join(tmp, CHECKPOINT),
-            )
-            report({**progress(state["train_loss"], last_val), "lr": lr}, checkpoint_dir=tmp)
+            t.save(tmp, best_model=best_weights)
+            report({**base, **t.progress(max_steps, last_val), "lr": lr}, checkpoint_dir=tmp)
 
     # -- brain encoding with the best-val-loss weights ----------------------------------------
-    t0 = time.perf_counter()
-    model.load_state_dict(best_weights)
-    model.eval()
-    scores = score_brain(model, ds, gpt.feature_layer(spec.n_layer, tr.feature_depth), tr, device)
-    final = {
-        **progress(state["train_loss"], last_val),
-        **scores,
-        "val_loss": state["best_val_loss"],
-        "final_val_loss": last_val,
-        "wall_s": state["train_s"] + (time.perf_counter() - t0),
-        "encode_s": time.perf_counter() - t0,
-        # Device-hours of the trial's slot: GPU-hours on CUDA, CPU-slot hours otherwise.
-        "gpu_hours": (state["train_s"] + time.perf_counter() - t0) / 3600.0,
-        "peak_mem_bytes": _peak_mem(device),
-        "done": True,
-    }
-    report(final)
-    return final
+    t.model.load_state_dict(best_weights)
+    final = {**base, **t.finish(max_steps, last_val), "data_schedule": "scratch"}
+    final["incurred_flops"], final["incurred_gpu_hours"] = final["train_flops"], final["gpu_hours"]
+    return _report(report, final)
+
+
+def _run_reuse(config: dict[str, Any], tr: TrainSpec, report: Report, checkpoint_dir: str | None) -> dict[str, Any]:
+    """One trunk over the largest data size; at each smaller size's fork, a cooldown branch.
+
+    The trunk follows the WSD schedule of the largest size and draws from the growing
+    prefix (``schedule.segment_at``). At a fork the trunk's whole state (model, optimiser,
+    scaler, RNG) is snapshotted; the branch cools down on its own prefix, is evaluated and
+    scored with its final weights, and the trunk goes on from the snapshot, so the trunk is
+    the same run whether or not branches were taken. Checkpoints (one per epoch of the
+    largest size, and after each branch) hold the trunk and the branches already done.
+    """
+    t = _Trainer(config, tr)
+    sizes = sorted({int(d) for d in (config.get("branches") or [config["data_frames"]])})
+    seqs = {d: _pairs(t.ds, "train", d) for d in sizes}
+    plan = schedule.reuse_plan(sizes, [len(seqs[d]) for d in sizes], tr.epochs, tr.batch_size, tr.cooldown_frac)
+    trunk = plan[-1]
+    warmup = schedule.warmup_steps(tr.warmup_frac, plan[0].steps)  # shared, so sized by the shortest path
+    orders: dict[tuple[int, int], torch.Tensor] = {}
+
+    def batch(br: schedule.Branch, step: int) -> torch.Tensor:
+        """Prefix ``br``'s batch at ``step``: epochs over it, counted from where the trunk enters it."""
+        epoch, b = divmod(step - br.start, schedule.steps_for(br.n_pairs, 1, tr.batch_size))
+        if (br.data_frames, epoch) not in orders:
+            seed = t.seed * 1000 + 7919 * (sizes.index(br.data_frames) + 1) + epoch
+            orders[br.data_frames, epoch] = _epoch_order(br.n_pairs, seed)
+        return seqs[br.data_frames][orders[br.data_frames, epoch][b * tr.batch_size : (b + 1) * tr.batch_size]]
+
+    done: list[int] = list(t.load(checkpoint_dir)["branches_done"]) if checkpoint_dir else []
+    state = t.state
+    last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else t.val_loss()
+
+    def metrics(br: schedule.Branch, on_trunk: bool) -> dict[str, Any]:
+        m = {**t.base, **t.progress(br.steps, last_val), "data_schedule": "reuse", "data_frames": br.data_frames,
+             "train_pairs": br.n_pairs, "max_steps": br.steps, "branch_step": br.fork}
+        return {**m, "branch": None if on_trunk else br.data_frames}
+
+    def train(until: int, lr_of: schedule.Branch, data: schedule.Branch | None) -> float:
+        """Steps up to ``until`` with ``lr_of``'s schedule, on prefix ``data`` (None: the trunk's); the last loss."""
+        loss = float("nan")
+        t.start_clock()
+        while state["step"] < until:
+            lr = schedule.wsd_lr(state["step"], lr_of.fork, lr_of.steps, tr.lr, warmup, tr.min_lr_frac)
+            loss = t.step(batch(data or schedule.segment_at(plan, state["step"]), state["step"]), lr)
+            if not math.isfinite(loss):
+                break
+            if state["step"] % tr.log_every == 0:
+                t.stop_clock()
+                t.start_clock()
+                report({**metrics(lr_of, data is None), "lr": lr})
+        t.stop_clock()
+        return loss
+
+    def checkpoint() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            t.save(tmp, branches_done=done)
+            report(metrics(trunk, on_trunk=True), checkpoint_dir=tmp)
+
+    every = schedule.steps_for(trunk.n_pairs, 1, tr.batch_size)  # trunk steps between checkpoints
+    for br in plan:
+        if br.data_frames in done:
+            continue
+        # -- the trunk up to this branch's fork ------------------------------------------------
+        while state["step"] < br.fork:
+            loss = train(min(br.fork, (state["step"] // every + 1) * every), trunk, None)
+            if not math.isfinite(loss):  # every size not yet done fails with the trunk
+                return _report(report, _failed(metrics(trunk, True), state["step"], loss))
+            last_val = t.val_loss()
+            checkpoint()
+        # -- the branch: its cooldown on its own prefix (the largest size's is the trunk's own) ---
+        snapshot = t.snapshot() if br is not trunk else None
+        loss = train(br.steps, br, br)
+        if math.isfinite(loss):
+            last_val = t.val_loss()
+            row = {**metrics(br, False), **t.finish(br.steps, last_val)}
+            row["incurred_flops"] = t.flops_per_token * br.own_steps * tr.batch_size * t.spec.n_ctx
+            row["incurred_gpu_hours"] = (state["train_s"] - state["segment_start_s"] + row["encode_s"]) / 3600.0
+        else:
+            row = _failed(metrics(br, False), state["step"], loss)
+        row = _report(report, {**row, "branch_done": True})
+        if br is trunk:
+            return row
+        done.append(br.data_frames)
+        t.restore(snapshot)
+        state = t.state
+        state["segment_start_s"] = state["train_s"]  # the next branch's bill starts at this fork
+        last_val = t.val_loss()
+        checkpoint()
+    raise AssertionError("unreachable: the plan ends with the trunk's own branch")
+
+
+class _Trainer:
+    """One trial's model, optimiser and scaler, and the few things done to them.
+
+    ``state`` holds the counters that a checkpoint carries: step, epoch, best val loss,
+    training seconds, and where the current reuse segment's bill started.
+    """
+
+    def __init__(self, config: dict[str, Any], tr: TrainSpec):
+        self.config, self.tr, self.ds = config, tr, load_dataset(config["dataset"])
+        torch.set_num_threads(max(1, int(tr.threads)))
+        self.device = pick_device(tr.device)
+        self.dtype = config["dtype"]
+        self.amp_dtype = gpt.autocast_dtype(self.dtype)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 trials use TF32 matmuls (peak table assumes it)
+        self.seed = int(config["seed"])
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        self.val_seqs = _pairs(self.ds, "val", None)
+        self.spec = gpt.GPTSpec(
+            n_embd=int(config["n_embd"]), n_layer=int(config["n_layer"]), n_head=int(config["n_head"]),
+            vocab_size=int(self.ds.manifest["tokenizer"]["n_codes"]), tokens_per_clip=int(np.prod(self.ds.latent_shape)),
+            dropout=tr.dropout,
+        )
+        self.model = gpt.build_model(self.spec).to(self.device)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tr.lr, betas=(0.9, 0.95),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
+        T = self.spec.tokens_per_clip
+        self.flops_per_token = gpt.train_flops_per_token(
+            self.spec.n_layer, self.spec.n_embd, self.spec.vocab_size, self.spec.n_ctx, n_logits=T
+        )
+        self.peak = gpt.peak_flops(self.device, self.dtype)
+        self.state: dict[str, Any] = dict(_STATE)
+        n_params, n_params_nonembed = gpt.count_params(self.model)
+        self.base = {
+            "n_embd": self.spec.n_embd, "n_layer": self.spec.n_layer, "n_head": self.spec.n_head, "dtype": self.dtype,
+            "seed": self.seed, "params": n_params, "params_nonembed": n_params_nonembed,
+            "flops_per_token": self.flops_per_token, "n_ctx": self.spec.n_ctx, "vocab_size": self.spec.vocab_size,
+            "batch_size": tr.batch_size, "lr": tr.lr, "epochs": tr.epochs, "device": str(self.device),
+            "node": platform.node(),
+        }
+        self._t0 = 0.0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def step(self, batch: torch.Tensor, lr: float) -> float:
+        """One optimiser step at ``lr``; returns the loss (non-finite: nothing was updated)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast():
+            loss = gpt.next_clip_loss(self.model, batch.to(self.device), self.spec.tokens_per_clip)
+        if not torch.isfinite(loss):
+            return loss.item()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tr.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        self.state["train_loss"] = loss.item()
+        return self.state["train_loss"]
+
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        self.model.eval()
+        losses = []
+        bs = self.tr.batch_size
+        for b in range(0, min(len(self.val_seqs), self.tr.val_batches * bs), bs):
+            with self.autocast():
+                seq = self.val_seqs[b : b + bs].to(self.device)
+                losses.append(gpt.next_clip_loss(self.model, seq, self.spec.tokens_per_clip).item())
+        self.model.train()
+        return float(np.mean(losses))
+
+    def start_clock(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop_clock(self) -> None:
+        """Add the time since ``start_clock`` to the training seconds (after the GPU finishes)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.state["train_s"] += time.perf_counter() - self._t0
+
+    def progress(self, max_steps: int, val_loss: float) -> dict[str, Any]:
+        s = self.state
+        tokens = s["step"] * self.tr.batch_size * self.spec.n_ctx
+        tps = tokens / s["train_s"] if s["train_s"] > 0 else 0.0
+        return {
+            "step": s["step"], "epoch": s["epoch"], "train_loss": s["train_loss"], "val_loss": val_loss,
+            "best_val_loss": s["best_val_loss"], "tokens": tokens, "train_flops": self.flops_per_token * tokens,
+            "tokens_per_s": tps, "mfu": self.flops_per_token * tps / self.peak if self.peak else None,
+            "train_s": s["train_s"], "eta_s": (max_steps - s["step"]) * s["train_s"] / max(1, s["step"]),
+        }
+
+    def finish(self, max_steps: int, last_val: float) -> dict[str, Any]:
+        """Score the current weights against the brain; the final metrics of a trial (or branch)."""
+        t0 = time.perf_counter()
+        self.model.eval()
+        scores = score_brain(self.model, self.ds, gpt.feature_layer(self.spec.n_layer, self.tr.feature_depth),
+                             self.tr, self.device)
+        self.model.train()
+        encode_s = time.perf_counter() - t0
+        best = min(self.state["best_val_loss"], last_val)
+        return {
+            **self.progress(max_steps, last_val), **scores, "val_loss": best, "final_val_loss": last_val,
+            "wall_s": self.state["train_s"] + encode_s, "encode_s": encode_s,
+            # Device-hours of the trial's slot: GPU-hours on CUDA, CPU-slot hours otherwise.
+            "gpu_hours": (self.state["train_s"] + encode_s) / 3600.0,
+            "peak_mem_bytes": _peak_mem(self.device), "done": True,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of everything a step changes (weights, optimiser, scaler, RNG, counters)."""
+        return copy.deepcopy({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), **_rng_state(self.device), "state": self.state,
+        })
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.scaler.load_state_dict(snap["scaler"])
+        _set_rng_state(snap, self.device)
+        self.state = dict(snap["state"])
+
+    def save(self, folder: str, **extra: Any) -> None:
+        torch.save(
+            {**self.state, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+             "scaler": self.scaler.state_dict(), **_rng_state(self.device), **extra,
+             "config": {k: v for k, v in self.config.items() if k != "train"}, "train": dict(self.config["train"])},
+            os.path.join(folder, CHECKPOINT),
+        )
+
+    def load(self, folder: str) -> dict[str, Any]:
+        ckpt = torch.load(os.path.join(folder, CHECKPOINT), map_location=self.device, weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt, self.device)
+        self.state = {k: ckpt.get(k, v) for k, v in _STATE.items()}
+        return ckpt
+
+
+_STATE = {"step": 0, "epoch": 0, "best_val_loss": float("inf"), "train_s": 0.0, "train_loss": float("nan"),
+          "segment_start_s": 0.0}
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    rng = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng_state(saved: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(saved["rng_cpu"].cpu())
+    if device.type == "cuda" and "rng_cuda" in saved:
+        torch.cuda.set_rng_state(saved["rng_cuda"].cpu(), device)
+
+
+def _epoch_order(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def _pairs(ds: Dataset, split: str, data_frames: int | None) -> torch.Tensor:
@@ -310,8 +474,11 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
     return {**out, **pooled}
 
 
-def _diverged(report: Report, metrics: dict[str, Any], step: int, value: float) -> dict[str, Any]:
-    final = {**metrics, "done": True, "error": f"diverged: loss={value} at step {step}"}
+def _failed(metrics: dict[str, Any], step: int, value: float) -> dict[str, Any]:
+    return {**metrics, "done": True, "error": f"diverged: loss={value} at step {step}"}
+
+
+def _report(report: Report, final: dict[str, Any]) -> dict[str, Any]:
     report(final)
     return final
 

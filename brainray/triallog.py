@@ -30,6 +30,7 @@ __all__ = [
     "logged_trial_ids",
     "filesystem",
     "is_uri",
+    "branch_id",
 ]
 
 _STR, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
@@ -47,6 +48,9 @@ TRIAL_SCHEMA = pa.schema(
         ("ceiling_frac", _FLOAT), ("ceiling_mean", _FLOAT), ("device", _STR), ("node", _STR),
         ("num_failures", _INT), ("brainray_version", _STR), ("git_sha", _STR),
         ("started_at", _STR), ("finished_at", _STR), ("config_json", _STR), ("written_at", _FLOAT),
+        # data reuse (brainray.schedule): what a row added to the bill, and where it forked off
+        ("data_schedule", _STR), ("parent_trial", _STR), ("branch_step", _INT),
+        ("incurred_flops", _FLOAT), ("incurred_gpu_hours", _FLOAT),
     ]
 )
 # Per-subject columns (r_mean_<subject>, r_max_<subject>) are added as float64 at write time.
@@ -102,6 +106,11 @@ def _write(root: str, sub: str, name: str, table: pa.Table) -> str:
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, final)  # atomic rename on POSIX and NFS; object stores PUT whole objects
     return final
+
+
+def branch_id(trial_id: str, data_frames: int) -> str:
+    """The trial-log id of one data size of a reused data axis (its Tune trial is ``trial_id``)."""
+    return f"{trial_id}-d{int(data_frames)}"
 
 
 def write_trial(root: str, row: dict[str, Any]) -> str:
