@@ -68,7 +68,7 @@ def _reference(X, Y, folds, alphas, standardize=True):
 
 # ---------------------------------------------------------------- vs scikit-learn
 
-@pytest.mark.parametrize("solver", ["auto", "primal", "dual"])
+@pytest.mark.parametrize("solver", ["auto", "primal", "dual", "tridiagonal"])
 @pytest.mark.parametrize("n_runs,n_per_run,p,t", [
     (4, 30, 6, 5),     # p << n
     (3, 20, 45, 4),    # p close to n_train
@@ -175,7 +175,7 @@ def test_recovers_known_weights(rng):
 def test_defaults_and_registry():
     assert len(PAPER_ALPHAS) == 11 and PAPER_ALPHAS[-1] == 1200
     assert DEFAULT_ALPHAS[0] == pytest.approx(0.1) and DEFAULT_ALPHAS[-1] == pytest.approx(1e5)
-    assert set(RIDGE_SOLVERS) == {"primal", "dual"}
+    assert set(RIDGE_SOLVERS) == {"primal", "dual", "tridiagonal"}
     enc = RidgeEncoder()
     assert enc.get_params()["delays"] == (1, 2, 3, 4)
     assert enc.set_params(cv=3).cv == 3
@@ -400,7 +400,7 @@ def test_hat_solver_matches_sklearn_loop(rng, n_runs, n_per_run, p, t):
     X, Y, groups = _data(rng, n_runs, n_per_run, p, t)
     folds = list(LeaveOneGroupOut().split(X, Y, groups))
     best, ref, ref_scores = _reference(X, Y, folds, ALPHAS, standardize=False)
-    for solver in ("hat", "primal"):
+    for solver in ("hat", "primal", "tridiagonal"):
         enc = RidgeEncoder(alphas=ALPHAS, delays=None, standardize=False, dtype="float64",
                            device="cpu", solver=solver).fit(X, Y, groups=groups)
         assert enc.solver_ == solver
@@ -408,7 +408,51 @@ def test_hat_solver_matches_sklearn_loop(rng, n_runs, n_per_run, p, t):
         np.testing.assert_allclose(enc.cv_scores_, ref_scores, rtol=1e-6)
         np.testing.assert_allclose(enc.predict(X), ref.predict(X), atol=1e-4)
     auto = RidgeEncoder(alphas=ALPHAS, delays=None, standardize=False, device="cpu")
-    assert auto.fit(X, Y, groups).solver_ == ("hat" if n_per_run <= p else "primal")
+    assert auto.fit(X, Y, groups).solver_ == ("hat" if n_per_run <= p else "tridiagonal")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("p", [1, 5, 130, 300])  # 300 > n: singular gram
+def test_tridiagonal_as_accurate_as_eigh(rng, dtype, p):
+    """Q (T + alpha I)^{-1} Q^T X^T Y = (G + alpha I)^{-1} X^T Y, over several WY blocks,
+    with an error no larger than the eigendecomposition's (float64 solve as reference)."""
+    from brainray.encoding import _solve_primal, _solve_tridiagonal
+
+    Xn = rng.standard_normal((200, p)) * rng.uniform(0.5, 3, p)
+    if p > 1:
+        Xn[:, 1] = 0.0  # zero column: a reflector with tau = 0
+    Yn, Zn = rng.standard_normal((200, 7)), rng.standard_normal((p, 4))
+    X, Y, Z = (torch.as_tensor(a, dtype=getattr(torch, dtype)) for a in (Xn, Yn, Zn))
+    eig, tri = _solve_primal(X, Y), _solve_tridiagonal(X, Y)
+    eps = torch.finfo(X.dtype).eps
+    np.testing.assert_allclose(tri.unrotate(tri.rotate(Z)).numpy(), Zn, atol=100 * eps)
+    for alpha in (1e-2, 1.0, 1e3):
+        direct = np.linalg.solve(Xn.T @ Xn + alpha * np.eye(p), Xn.T @ Yn)
+        err = {name: np.abs(fac.unrotate(fac.shrink(fac.B, alpha)).double().numpy()
+                            - direct).max() for name, fac in (("eig", eig), ("tri", tri))}
+        assert err["tri"] <= 10 * max(err["eig"], eps * np.abs(direct).max()), err
+        val = (tri.shrink(tri.rotate(Z), alpha).T @ tri.B).double().numpy()  # val form
+        assert np.abs(val - Zn.T @ direct).max() <= 10 * max(
+            err["eig"], eps * np.abs(direct).max()) * np.abs(Zn).sum(0).max()
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_downdated_gram_equals_per_fold_fit(rng, standardize):
+    """Fold grams from the full gram minus the held-out run = fitting each fold alone."""
+    X, Y, groups = _data(rng, n_runs=4, n_per_run=40, p=12, t=3)
+    kw = dict(alphas=ALPHAS, delays=None, dtype="float64", device="cpu",
+              standardize=standardize)
+    downdated = RidgeEncoder(solver="tridiagonal", **kw).fit(X, Y, groups)
+    direct = RidgeEncoder(solver="dual", **kw).fit(X, Y, groups)  # per fold from its rows
+    np.testing.assert_array_equal(downdated.alpha_, direct.alpha_)
+    np.testing.assert_allclose(downdated.cv_scores_, direct.cv_scores_, rtol=1e-9)
+    np.testing.assert_allclose(downdated.coef_, direct.coef_, atol=1e-9)
+
+
+def test_tridiagonal_is_cpu_only(rng):
+    X, Y, groups = _data(rng)
+    with pytest.raises(ValueError, match="runs on CPU only"):
+        RidgeEncoder(solver="tridiagonal", device="meta").fit(X, Y, groups)
 
 
 def test_hat_needs_unscaled(rng):
