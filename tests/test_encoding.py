@@ -411,6 +411,16 @@ def test_hat_solver_matches_sklearn_loop(rng, n_runs, n_per_run, p, t):
     assert auto.fit(X, Y, groups).solver_ == ("hat" if n_per_run <= p else "tridiagonal")
 
 
+def test_hat_uses_the_smaller_gram(rng, monkeypatch):
+    """n > p: the hat path factors the (p, p) gram, never the (n, n) kernel."""
+    X, Y, groups = _data(rng, n_runs=3, n_per_run=10, p=12, t=2)
+    sizes = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda A: sizes.append(A.shape[0]) or eigh(A))
+    enc = RidgeEncoder(alphas=ALPHAS, delays=None, standardize=False, device="cpu")
+    assert enc.fit(X, Y, groups).solver_ == "hat" and sizes == [12]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("p", [1, 5, 130, 300])  # 300 > n: singular gram
 def test_tridiagonal_as_accurate_as_eigh(rng, dtype, p):
