@@ -23,7 +23,7 @@ On CPU the primal form skips the eigenvectors (solver 'tridiagonal'): a Househol
 reduction X_s^T X_s = Q T Q^T with T tridiagonal (LAPACK sytrd, about 1/3 of eigh's
 time) gives (X_s^T X_s + alpha I)^{-1} = Q (T + alpha I)^{-1} Q^T, and the tridiagonal
 solve costs O(p) per column. At the paper's scale (6000 TRs, 2048 delayed features,
-1095 parcels, 11 alphas, 1 thread) this cut the fit from ~20 s to ~13 s
+1095 parcels, 11 alphas, 1 thread) this cut the fit from ~20 s to ~14 s
 (benchmarks/ridge.py).
 
 Without per-fold scaling (``standardize=False``) there is a faster exact path: one
