@@ -679,7 +679,12 @@ def pareto_front(cost: Any, y: Any, minimize: bool = True) -> np.ndarray:
 
 
 def _config_keys(df: pd.DataFrame) -> list[str]:
-    return [a for a in AXES if a in df.columns]
+    """Columns that identify a config (seeds are averaged over); a reused data size is not the same
+    trial as its from-scratch twin, so the schedule counts where a log has both."""
+    keys = [a for a in AXES if a in df.columns]
+    if "data_schedule" in df.columns and df["data_schedule"].nunique(dropna=False) > 1:
+        keys.append("data_schedule")
+    return keys
 
 
 def _metric_fit(df: pd.DataFrame, metric: str, bootstrap: int = 0, seed: int = 0

@@ -10,6 +10,8 @@ result), then writes into ``out_dir``:
 - ``isoflop.png``: loss vs model size at matched FLOPs, when the grid has such groups;
 - ``axis_effects.png``: one panel per axis, mean with 95 % CI;
 - ``loss_curves.png``: train/val loss vs tokens, when curves are given;
+- ``data_reuse.png``: with reused data axes (``train.data_schedule: reuse``), their FLOPs
+  against training each size from scratch, and the loss along the data axis per schedule;
 - ``report.html``: one file, images embedded as base64, inline CSS, no external links.
 
 It degrades gracefully: with too few trials for a fit (a smoke sweep has ~4) it still
@@ -33,14 +35,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from brainray import reuse  # noqa: E402
 from brainray.frontier import (  # noqa: E402
-    AXES, PAPER_DTYPE, LawFit, analysis_to_dict, analyze, config_frontier,
+    AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier,
 )
 
-__all__ = ["write_report", "PLOTS"]
+__all__ = ["write_report", "PLOTS", "REUSE_PLOT"]
 
 PLOTS = ("frontier_loss.png", "frontier_brain.png", "isoflop.png", "axis_effects.png",
          "loss_curves.png")
+REUSE_PLOT = "data_reuse.png"  # only for sweeps with reused data axes
 _CURVE_COLUMNS = ("trial_id", "step", "tokens", "train_loss", "val_loss")
 _TRIAL_COLUMNS = ("trial_id", "status", "n_embd", "n_layer", "n_head", "data_frames",
                   "dtype", "seed", "params_nonembed", "tokens", "train_flops", "gpu_hours",
@@ -102,6 +106,11 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         "axis_effects.png": lambda p: _plot_axis_effects(analysis, p),
         "loss_curves.png": lambda p: _plot_loss_curves(curves_df, analysis, p),
     }
+    reuse_info = _reuse_analysis(trials_df, bootstrap, seed)
+    if reuse_info is not None:
+        plotters[REUSE_PLOT] = lambda p: _plot_reuse(trials_df, reuse_info, p)
+    else:
+        (out / REUSE_PLOT).unlink(missing_ok=True)
     for name, plot in plotters.items():
         path = out / name
         why = plot(path)  # None when written, else why not
@@ -112,12 +121,14 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
             path.unlink(missing_ok=True)  # no stale plot from an earlier run
 
     summary = analysis_to_dict(analysis)
+    if reuse_info is not None:
+        summary["data_reuse"] = _reuse_to_dict(reuse_info)
     summary.update(title=title, plots=notes,
                    generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat())
     (out / "fits.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     analysis["allocation"].to_csv(out / "allocation.csv", index=False)
     report = out / "report.html"
-    report.write_text(_html(trials_df, analysis, notes, out, title), encoding="utf-8")
+    report.write_text(_html(trials_df, analysis, notes, out, title, reuse_info), encoding="utf-8")
     return report
 
 
@@ -336,6 +347,97 @@ def _plot_loss_curves(curves: pd.DataFrame | None, analysis: dict[str, Any],
     return None
 
 
+# ---------------------------------------------------------------------------------------
+# Data reuse (train.data_schedule: reuse)
+# ---------------------------------------------------------------------------------------
+
+
+def _reuse_analysis(trials: pd.DataFrame, bootstrap: int, seed: int) -> dict[str, Any] | None:
+    """Savings, agreement with from-scratch trials and beta per schedule; None without reuse rows."""
+    if "data_schedule" not in trials.columns or not (trials["data_schedule"] == "reuse").any():
+        return None
+    matched, summary = reuse.agreement(trials)
+    both = trials["data_schedule"].fillna("scratch").nunique() > 1
+    return {"savings": reuse.savings(trials), "matched": matched, "summary": summary,
+            "laws": reuse.data_exponents(trials, bootstrap=bootstrap, seed=seed) if both else {}}
+
+
+def _reuse_to_dict(info: dict[str, Any]) -> dict[str, Any]:
+    laws = {k: (v.to_dict() if isinstance(v, LawFit) else {"error": v}) for k, v in info["laws"].items()}
+    return _jsonable({"savings": info["savings"].to_dict(orient="records"),
+                      "agreement": info["summary"].to_dict(orient="records"),
+                      "matched": info["matched"].to_dict(orient="records"), "laws": laws})
+
+
+def _plot_reuse(trials: pd.DataFrame, info: dict[str, Any], path: Path) -> str | None:
+    sav = info["savings"]
+    runs = sav[sav["n_embd"] != "all"]
+    if runs.empty:
+        return "no reuse run has finished yet"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    x = np.arange(len(runs))
+    ax.bar(x - 0.2, runs["scratch_flops"], 0.4, label="each size from scratch", color="0.6")
+    ax.bar(x + 0.2, runs["reuse_flops"], 0.4, label="reused (trunk once + cooldowns)", color="C0")
+    ax.set_xticks(x, [f"d{r.n_embd} L{r.n_layer}\nH{r.n_head} {r.dtype} s{r.seed}" for r in runs.itertuples()],
+                  fontsize=7)
+    ax.set_ylabel("training FLOPs of the data axis")
+    total = sav.iloc[-1]
+    ax.set_title(f"Data-axis compute: reuse = {total['ratio']:.2f}x scratch")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ok = trials[trials["status"] == "TERMINATED"].assign(_s=trials["data_schedule"].fillna("scratch"))
+    widths = sorted(ok["n_embd"].unique())
+    for i, w in enumerate(widths):
+        for sched, style in (("scratch", "o-"), ("reuse", "s--")):
+            g = ok[(ok["n_embd"] == w) & (ok["_s"] == sched)]
+            if g.empty:
+                continue
+            m = g.groupby("data_frames")["val_loss"].agg(["mean", "std"]).reset_index()
+            ax.errorbar(m["data_frames"], m["mean"], yerr=m["std"].fillna(0), fmt=style, color=f"C{i}",
+                        ms=4, lw=1, capsize=2, label=f"width {w}, {sched}")
+    _log_axis(ax, y=True)
+    ax.set_xlabel("data size (frames)")
+    ax.set_ylabel("validation loss (mean ± sd over seeds)")
+    ax.set_title("Loss along the data axis")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    return None
+
+
+def _reuse_section(info: dict[str, Any] | None, out: Path, notes: dict[str, str]) -> str:
+    if info is None:
+        return ""
+    parts = ["<h2>Data reuse</h2>",
+             "<p class='note'>With <code>train.data_schedule: reuse</code> each model config trains one "
+             "warmup-stable-decay run over its largest data size; every smaller size is a cooldown branch off "
+             "its stable phase, with as many steps as its from-scratch trial. <b>scratch_flops</b>: the sizes "
+             "trained alone (sum of <code>train_flops</code>, the C used by every law above); "
+             "<b>reuse_flops</b>: what was spent (the shared trunk once, plus each cooldown).</p>",
+             _table(info["savings"], scroll=True), _img(out, REUSE_PLOT, notes, "data reuse: compute and loss")]
+    if info["summary"].empty:
+        parts.append("<p class='note'>No config was also run from scratch, so agreement is not measured here "
+                     "(<code>benchmarks/data_reuse.py</code> measures it).</p>")
+    else:
+        parts.append("<h3>Agreement with training from scratch</h3><p class='note'>Reused branch minus "
+                     "from-scratch trial at the same config and data size (seed means). noise_sd: run-to-run "
+                     "standard deviation over seeds; z: the difference over its standard error.</p>")
+        parts.append(_table(info["summary"]))
+        rows = []
+        for name, fit in info["laws"].items():
+            if isinstance(fit, LawFit):
+                lo, hi = fit.ci.get("beta", (math.nan, math.nan))
+                rows.append({"schedule": name, "beta": fit.beta, "beta_lo": lo, "beta_hi": hi, "alpha": fit.alpha,
+                             "trials": fit.n_used, "error": ""})
+            else:
+                rows.append({"schedule": name, "error": fit})
+        if rows:
+            parts.append("<p class='note'>Data exponent β of the loss law fitted on each schedule alone "
+                         "(95 % bootstrap CI).</p>" + _table(pd.DataFrame(rows), left=("schedule", "error")))
+    return "\n".join(parts)
+
+
 def _short(v: Any) -> str:
     if isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer()):
         v = int(v)
@@ -481,7 +583,7 @@ def _two_stage_section(fit: Any) -> str:
 
 
 def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
-          out: Path, title: str) -> str:
+          out: Path, title: str, reuse_info: dict[str, Any] | None = None) -> str:
     n_left = len(analysis["left_out"])
     usable = analysis["usable"]
     k = analysis["flops_per_param_token"]
@@ -559,6 +661,7 @@ not FLOPs.</p>
 {_img(out, "frontier_brain.png", notes, "brain score vs FLOPs and GPU-hours")}
 {_img(out, "isoflop.png", notes, "isoFLOP profiles")}
 
+{_reuse_section(reuse_info, out, notes)}
 <h2>Per-axis effects</h2>
 <p class="note">Mean over trials at each value of one axis with the other axes at the
 reference config (their most common values); "marginal" means too few trials there, so

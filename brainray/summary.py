@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainray import gpt, triallog
+from brainray import gpt, schedule, triallog
 from brainray.config import SweepSpec
 
 __all__ = ["dry_run_table", "final_summary", "run_frontier", "best_per_budget"]
@@ -20,27 +20,44 @@ _H100 = {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12}
 
 
 def dry_run_table(spec: SweepSpec) -> str:
-    """The trial table with estimated tokens, FLOPs and GPU-hours, and the totals."""
+    """The trial table with estimated tokens, FLOPs and GPU-hours, and the totals.
+
+    With ``train.data_schedule: reuse`` each row also gets ``incurred_flops`` (its trunk
+    segment plus its cooldown, ``brainray.schedule.reuse_plan``) and the total says what
+    the reused data axes cost against training every size from scratch.
+    """
     tk, tr = spec.tokenizer, spec.train
     span = tk.clip_frames * tk.time_downsample
     T = (tk.clip_frames // tk.downsample[0]) * (spec.data.frame_size // tk.downsample[1]) * (
         spec.data.frame_size // tk.downsample[2]
     )
+    reuse = tr.data_schedule == "reuse"
     rows = []
-    for t in spec.axes.trials():
-        pairs = max(1, t["data_frames"] // span - 1)
-        tokens = tr.epochs * math.ceil(pairs / tr.batch_size) * tr.batch_size * 2 * T
-        fpt = gpt.train_flops_per_token(t["n_layer"], t["n_embd"], tk.n_codes, 2 * T, n_logits=T)
-        flops = fpt * tokens
-        rows.append({**t, "tokens": tokens, "train_flops": flops,
-                     "gpu_hours": flops / (_ASSUMED_MFU * _H100[t["dtype"]]) / 3600})
+    for run in spec.runs():
+        sizes = run.get("branches") or [run["data_frames"]]
+        pairs = [max(1, d // span - 1) for d in sizes]  # one play: an upper bound on the real pairs
+        plan = schedule.reuse_plan(sizes, pairs, tr.epochs, tr.batch_size, tr.cooldown_frac) if reuse else None
+        fpt = gpt.train_flops_per_token(run["n_layer"], run["n_embd"], tk.n_codes, 2 * T, n_logits=T)
+        for i, (d, n) in enumerate(zip(sizes, pairs)):
+            steps = schedule.steps_for(n, tr.epochs, tr.batch_size)
+            tokens = steps * tr.batch_size * 2 * T
+            row = {**{k: v for k, v in run.items() if k != "branches"}, "data_frames": d, "tokens": tokens,
+                   "train_flops": fpt * tokens}
+            if plan:
+                row["incurred_flops"] = fpt * plan[i].own_steps * tr.batch_size * 2 * T
+            row["gpu_hours"] = row.get("incurred_flops", row["train_flops"]) / (_ASSUMED_MFU * _H100[run["dtype"]]) / 3600
+            rows.append(row)
     df = pd.DataFrame(rows)
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         table = df.to_string(index=False)
+    total = f"{df['tokens'].sum():.3g} tokens, {df['train_flops'].sum():.3g} training FLOPs"
+    if reuse:
+        total = (f"{df['incurred_flops'].sum():.3g} training FLOPs with data reuse, against "
+                 f"{df['train_flops'].sum():.3g} from scratch ({df['incurred_flops'].sum() / df['train_flops'].sum():.2f}x; "
+                 f"{len(spec.runs())} runs)")
     return (
         f"Sweep {spec.name!r} ({spec.source}): {len(df)} trials\n{table}\n"
-        f"Total: {df['tokens'].sum():.3g} tokens, {df['train_flops'].sum():.3g} training FLOPs, "
-        f"{df['gpu_hours'].sum():.3g} GPU-hours (estimate at {_ASSUMED_MFU:.0%} MFU on an H100; "
+        f"Total: {total}, {df['gpu_hours'].sum():.3g} GPU-hours (estimate at {_ASSUMED_MFU:.0%} MFU on an H100; "
         "small models run far below that)."
     )
 

@@ -186,9 +186,10 @@ def _run_reuse(config: dict[str, Any], tr: TrainSpec, report: Report, checkpoint
             row["incurred_gpu_hours"] = (state["train_s"] - state["segment_start_s"] + row["encode_s"]) / 3600.0
         else:
             row = _failed(metrics(br, False), state["step"], loss)
-        row = _report(report, {**row, "branch_done": True})
         if br is trunk:
-            return row
+            return _report(report, {**row, "branch_done": True})
+        row.pop("done")  # Tune ends a trial on a result with done=True; only the trunk's last one has it
+        report({**row, "branch_done": True})
         done.append(br.data_frames)
         t.restore(snapshot)
         state = t.state

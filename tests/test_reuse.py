@@ -179,7 +179,10 @@ def test_reuse_sweep_logs_one_row_per_data_size_and_resumes(tmp_path, tiny_datas
     assert (log["status"] == "TERMINATED").all() and (log["data_schedule"] == "reuse").all()
     assert log["parent_trial"].nunique() == 2
     for _, g in log.groupby("parent_trial"):  # the bill: trunk once + cooldowns < from scratch
-        assert g["incurred_flops"].sum() < g["train_flops"].sum()
+        if len(g) > 1:
+            assert g["incurred_flops"].sum() < g["train_flops"].sum()
+        else:
+            assert g["incurred_flops"].sum() == pytest.approx(g["train_flops"].sum())
     curves = triallog.read_curves(str(root))
     assert set(log["trial_id"]) <= set(curves["trial_id"])  # each branch has its own cooldown curve
     report = (root / "frontier" / "report.html").read_text()

@@ -1,0 +1,164 @@
+"""Does a reused data axis give the same answer as training every size from scratch, for less?
+
+On the demo's data (real Airstriker plays, simulated brain), for each width and seed it
+trains the data axis twice with the real trial (``brainray.trial.run``, no Ray): every
+size from scratch with the cosine schedule (the paper's way), and once with
+``train.data_schedule: reuse`` (one WSD trunk, a cooldown branch per smaller size). It then
+measures, with ``brainray.reuse``:
+
+- compute: training FLOPs of the data axis with and without reuse (exact counts);
+- agreement: val loss and brain score of each reused branch against its from-scratch twin,
+  against the run-to-run noise over seeds;
+- the data exponent beta of the loss law fitted on each schedule alone, with bootstrap CIs.
+
+    python benchmarks/data_reuse.py                  # ~15-25 min on 2 cores; --jobs 2 halves it
+    python benchmarks/data_reuse.py --widths 16 48 --seeds 0 1 --sizes 3000 6000 12000 24000
+
+Writes ``results/benchmarks/data_reuse.json`` and ``.md``, and the frontier report of the
+combined trial table (its "Data reuse" section) to ``results/data_reuse/report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+
+from brainray import reuse  # noqa: E402
+from brainray.config import load_spec  # noqa: E402
+
+OUT = REPO / "results" / "benchmarks"
+
+
+def _job(args: tuple[dict, str]) -> list[dict]:
+    """One width x seed x schedule: its trial(s), as trial-log rows."""
+    import torch
+
+    from brainray import trial, triallog
+
+    config, schedule = args
+    torch.set_num_threads(1)
+    rows: list[dict] = []
+    tag = f"w{config['n_embd']}-s{config['seed']}"
+    if schedule == "reuse":
+        sink: list[dict] = []
+        trial.run(config, lambda m, checkpoint_dir=None: sink.append(m) if m.get("branch_done") else None)
+        for m in sink:
+            rows.append({**m, "trial_id": triallog.branch_id(f"reuse-{tag}", m["data_frames"]),
+                         "parent_trial": f"reuse-{tag}"})
+    else:
+        for d in config["branches"]:
+            m = trial.run({**config, "data_frames": d, "branches": None}, lambda m, checkpoint_dir=None: None)
+            rows.append({**m, "trial_id": f"scratch-{tag}-d{d}"})
+    for r in rows:
+        r["status"] = "ERROR" if r.get("error") else "TERMINATED"
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 48, 96])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="data sizes (default: the demo-reuse preset's)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
+    ap.add_argument("--data", default=None, help="prepared dataset folder (default: results/demo/data/<hash>)")
+    ap.add_argument("--bootstrap", type=int, default=200)
+    args = ap.parse_args(argv)
+
+    spec = load_spec("demo-reuse")
+    from brainray.prepare import prepare
+
+    root = Path(args.data) if args.data else REPO / "results" / "demo" / "data" / spec.data_key()
+    prepare(spec, root)
+    sizes = sorted(args.sizes or spec.axes.data_frames)
+    ref = spec.axes.reference
+    train = {"scratch": {**dataclasses.asdict(spec.train), "data_schedule": "scratch", "lr_schedule": "cosine"},
+             "reuse": {**dataclasses.asdict(spec.train), "data_schedule": "reuse", "lr_schedule": "wsd"}}
+    jobs = [({**ref, "n_embd": w, "seed": s, "data_frames": sizes[-1], "branches": sizes, "dataset": str(root),
+              "train": train[sched]}, sched)
+            for w in args.widths for s in args.seeds for sched in ("reuse", "scratch")]
+    print(f"[data_reuse] {len(args.widths)} widths x {len(args.seeds)} seeds x {len(sizes)} sizes, both schedules: "
+          f"{len(jobs)} jobs on {args.jobs} process(es)")
+    t0 = time.perf_counter()
+    rows = []
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        for i, part in enumerate(pool.imap_unordered(_job, jobs)):
+            rows += part
+            print(f"[data_reuse] {i + 1}/{len(jobs)} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    trials = pd.DataFrame(rows)
+    trials["sweep"] = "data_reuse"
+
+    sav = reuse.savings(trials)
+    matched, agree = reuse.agreement(trials)
+    laws = reuse.data_exponents(trials, bootstrap=args.bootstrap)
+    scratch_axis = trials.loc[trials["data_schedule"] == "scratch", "train_flops"].sum()
+    reuse_axis = trials.loc[trials["data_schedule"] == "reuse", "incurred_flops"].sum()
+    beta = {k: ({"beta": v.beta, "ci": list(v.ci.get("beta", (None, None))), "alpha": v.alpha, "trials": v.n_used}
+                if not isinstance(v, str) else {"error": v}) for k, v in laws.items()}
+    ok = [b for b in beta.values() if "ci" in b]
+    overlap = len(ok) == 2 and max(b["ci"][0] for b in ok) <= min(b["ci"][1] for b in ok)
+    inside = len(ok) == 2 and all(o["ci"][0] <= b["beta"] <= o["ci"][1] for b in ok for o in ok if o is not b)
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
+        "widths": args.widths, "seeds": args.seeds, "sizes": sizes, "train": spec.train.__dict__,
+        "wall_s": time.perf_counter() - t0,
+        "data_axis_flops": {"scratch": scratch_axis, "reuse": reuse_axis, "ratio": reuse_axis / scratch_axis},
+        "agreement": agree.to_dict(orient="records"), "beta": beta,
+        "beta_each_inside_the_others_ci": inside, "beta_cis_overlap": overlap,
+        "savings": sav.to_dict(orient="records"),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "data_reuse.json").write_text(json.dumps(result, indent=1, default=str))
+    (OUT / "data_reuse.md").write_text(_markdown(result, agree, matched))
+    from brainray.report import write_report
+
+    report = write_report(trials, REPO / "results" / "data_reuse", title="brainray: data reuse vs from scratch",
+                          bootstrap=args.bootstrap)
+    print((OUT / "data_reuse.md").read_text())
+    print(f"[data_reuse] report: {report}")
+    return 0
+
+
+def _markdown(r: dict, agree: pd.DataFrame, matched: pd.DataFrame) -> str:
+    f = r["data_axis_flops"]
+    lines = [
+        "# Data reuse vs training every data size from scratch", "",
+        f"{r['date']}, {r['machine']}; widths {r['widths']}, seeds {r['seeds']}, data sizes {r['sizes']} frames; "
+        f"demo settings (epochs {r['train']['epochs']}, batch {r['train']['batch_size']}, lr {r['train']['lr']}, "
+        f"cooldown {r['train']['cooldown_frac']}); wall {r['wall_s'] / 60:.1f} min.", "",
+        f"**Data-axis training FLOPs**: from scratch {f['scratch']:.4g}, reused {f['reuse']:.4g} "
+        f"= **{f['ratio']:.3f}x**.", "",
+        "## Agreement of reused branches with from-scratch trials", "",
+        _md_table(agree), "",
+        "## Data exponent beta per schedule (95 % bootstrap CI)", "",
+    ]
+    for k, b in r["beta"].items():
+        lines.append(f"- {k}: " + (f"beta {b['beta']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}], "
+                                   f"alpha {b['alpha']:.3f}, {b['trials']} trials" if "ci" in b else b["error"]))
+    lines += ["", f"Each beta inside the other's CI: {r['beta_each_inside_the_others_ci']}; "
+                  f"CIs overlap: {r['beta_cis_overlap']}.", "", "## Matched points", "",
+              _md_table(matched), ""]
+    return "\n".join(lines)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns)
+    return "\n".join([head] + ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
