@@ -20,7 +20,9 @@ refitted models. Everything runs on CPU with the same thread count.
   extrapolated) and checked against our per-fold path.
 
 Usage: ``python benchmarks/ridge.py --scale paper`` (or ``small``); writes
-``results/benchmarks/ridge.json``.
+``results/benchmarks/ridge.json``. On a shared machine add ``--wait-load 1.3`` to start
+only once the 1-minute load average is below 1.3 (the load before and after every timed
+method is recorded either way).
 """
 
 from __future__ import annotations
@@ -128,7 +130,18 @@ def main() -> None:
     parser.add_argument("--unscaled-folds", type=int, default=2,
                         help="folds of the unscaled sklearn loop to time (extrapolated)")
     parser.add_argument("--out", default="results/benchmarks/ridge.json")
+    parser.add_argument("--wait-load", type=float, default=None,
+                        help="before starting, poll the 1-minute load average every 30 s "
+                             "until it is below this (the machine is shared)")
+    parser.add_argument("--wait-max-s", type=float, default=1500.0,
+                        help="give up waiting for --wait-load after this long and run")
     args = parser.parse_args()
+    waited_s, t_wait = 0.0, time.perf_counter()
+    if args.wait_load is not None:
+        while os.getloadavg()[0] >= args.wait_load and waited_s < args.wait_max_s:
+            print(f"load {os.getloadavg()[0]:.2f} >= {args.wait_load}: waiting", flush=True)
+            time.sleep(30)
+            waited_s = time.perf_counter() - t_wait
     torch.set_num_threads(args.threads)
     shape = SCALES[args.scale]
     alphas = list(PAPER_ALPHAS)
@@ -146,6 +159,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "blas_threads": args.threads,
         "load_avg_start": os.getloadavg(),
+        "waited_for_load_s": round(waited_s, 1),
+        "wait_load_threshold": args.wait_load,
         "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__,
                      "numpy": np.__version__},
         "shapes": {"n_trs": int(Xtr.shape[0]), "n_runs": shape["n_runs"],
@@ -158,9 +173,15 @@ def main() -> None:
     }
     times: dict = {}
     ours32: list[float] = []
+    loads: dict = {}  # 1-minute load average before and after each timed method
+
+    def timed_load(key: str, before: float) -> None:
+        loads.setdefault(key, []).append([round(before, 2), round(os.getloadavg()[0], 2)])
 
     def ours_once(label: str) -> RidgeEncoder:
+        before = os.getloadavg()[0]
         enc, s = _fit_ours(Xtr, Ytr, gtr, alphas)
+        timed_load("ours_float32", before)
         ours32.append(s)
         print(f"ours float32 ({label}, solver {enc.solver_}): {s:.1f} s", flush=True)
         return enc
@@ -171,7 +192,9 @@ def main() -> None:
         t0 = time.perf_counter()
         Xd = make_delays(Xtr, DELAYS, gtr)  # the same float64 input ours gets
         delay_s = time.perf_counter() - t0
+        before = os.getloadavg()[0]
         sk = sklearn_loop(Xd, Ytr, folds, alphas, args.sklearn_budget_s)
+        timed_load("sklearn", before)
         times["sklearn_s"] = sk["time_s"] + delay_s
         print(f"sklearn loop: {times['sklearn_s']:.1f} s "
               f"({'extrapolated from %d folds' % sk['folds_run'] if sk['extrapolated'] else 'full'})",
@@ -179,12 +202,16 @@ def main() -> None:
         for i in range(1, args.repeats):
             ours_once(f"after sklearn, {i}")
 
+        before = os.getloadavg()[0]
         ours["float64"], times["ours_float64_s"] = _fit_ours(Xtr, Ytr, gtr, alphas,
                                                              dtype="float64")
+        timed_load("ours_float64", before)
         print(f"ours float64: {times['ours_float64_s']:.1f} s", flush=True)
 
+        before = os.getloadavg()[0]
         enc_ns, times["ours_unscaled_hat_float32_s"] = _fit_ours(
             Xtr, Ytr, gtr, alphas, standardize=False)
+        timed_load("ours_unscaled_hat", before)
         assert enc_ns.solver_ == "hat"
         print(f"ours unscaled (hat): {times['ours_unscaled_hat_float32_s']:.1f} s", flush=True)
         ref_ns = RidgeEncoder(alphas=alphas, delays=DELAYS, device="cpu", dtype="float64",
@@ -206,8 +233,10 @@ def main() -> None:
             t0 = time.perf_counter()
             Xd32 = make_delays(Xtr, DELAYS, gtr).astype(np.float32)
             him = HimalayaRidgeCV(alphas=alphas, cv=folds, fit_intercept=True)
+            before = os.getloadavg()[0]
             him.fit(backend.asarray(Xd32), backend.asarray(Ytr.astype(np.float32)))
             times["himalaya_s"] = time.perf_counter() - t0
+            timed_load("himalaya", before)
             print(f"himalaya: {times['himalaya_s']:.1f} s", flush=True)
             him_alphas = backend.to_numpy(him.best_alphas_)
             result["himalaya_check"] = {
@@ -224,6 +253,7 @@ def main() -> None:
               f"{times['sklearn_unscaled_s']:.1f} s", flush=True)
 
     result["load_avg_end"] = os.getloadavg()
+    result["load_1min_before_after"] = loads
     times["ours_float32_s"] = float(np.median(ours32))
     result["ours_float32_runs_s"] = [round(s, 3) for s in ours32]
     result["times"] = {k: round(v, 3) for k, v in times.items()}

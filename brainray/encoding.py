@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.linalg.lapack
 import scipy.sparse
 import torch
@@ -387,6 +388,9 @@ class _Eigen:
     def shrink(self, Z: torch.Tensor, alpha: float) -> torch.Tensor:
         return Z / (self.lam + alpha)[:, None]
 
+    def shrink_many(self, Z: torch.Tensor, alphas: Sequence[float]) -> list[torch.Tensor]:
+        return [self.shrink(Z, float(a)) for a in alphas]
+
     def unrotate(self, Z: torch.Tensor) -> torch.Tensor:
         return self.left @ Z
 
@@ -405,12 +409,16 @@ class _Tridiagonal:
 
     block = 128  # reflectors per block: large enough for efficient BLAS-3 products
 
-    def __init__(self, gram: torch.Tensor, cross: torch.Tensor) -> None:
+    def __init__(self, gram: torch.Tensor, cross: torch.Tensor,
+                 overwrite_gram: bool = False) -> None:
         G = gram.numpy()
         sytrd, sytrd_lwork = scipy.linalg.lapack.get_lapack_funcs(
             ("sytrd", "sytrd_lwork"), (G,))
         lwork, _ = sytrd_lwork(G.shape[0], lower=1)
-        H, self.d, self.e, tau, info = sytrd(G, lower=1, lwork=int(lwork))
+        # G is symmetric, so its transpose (Fortran order, no copy) is the same matrix;
+        # with overwrite_gram sytrd works in place instead of copying it.
+        H, self.d, self.e, tau, info = sytrd(G.T, lower=1, lwork=int(lwork),
+                                             overwrite_a=int(overwrite_gram))
         assert info == 0, f"sytrd failed (info={info})"
         self._pttrf, self._pttrs, self._gtsv = scipy.linalg.lapack.get_lapack_funcs(
             ("pttrf", "pttrs", "gtsv"), (G,))
@@ -438,13 +446,18 @@ class _Tridiagonal:
 
     @staticmethod
     def _apply(Z: torch.Tensor, blocks: list, transpose: bool) -> torch.Tensor:
-        """Works on the row-major Z^T so that every update is contiguous; the result is
-        column-major (p, m), as LAPACK's tridiagonal solver takes it."""
-        At = np.array(Z.numpy().T, order="C")  # (m, p)
+        """Works on a C-ordered copy A of Z (p, m): the rows a block touches, A[r0:],
+        are contiguous, so their transpose is a Fortran-ordered (m, p - r0) view and
+        BLAS gemm subtracts W V^T from it in place (no (m, p - r0) temporary)."""
+        A = np.array(Z.numpy(), order="C")  # (p, m), updated in place
+        gemm = scipy.linalg.blas.get_blas_funcs("gemm", (A,))
         for r0, V, S in blocks:
-            At[:, r0:] -= (At[:, r0:] @ V) @ (S if transpose else S.T) @ V.T
-        return torch.from_numpy(At).T
-
+            At = A[r0:].T  # (m, p - r0), Fortran-contiguous view
+            W = (At @ V) @ (S if transpose else S.T)  # (m, k)
+            out = gemm(-1.0, W, V, beta=1.0, c=At, trans_b=1, overwrite_c=1)
+            if not np.may_share_memory(out, A):  # f2py made a copy: write it back
+                At[...] = out
+        return torch.from_numpy(A)
 
     def shrink(self, Z: torch.Tensor, alpha: float) -> torch.Tensor:
         """(T + alpha I)^{-1} Z: Cholesky (pttrf) if positive definite, else pivoted LU."""
@@ -458,6 +471,51 @@ class _Tridiagonal:
             _, _, _, X, info = self._gtsv(self.e, self.d + alpha, self.e, A)
         assert info == 0, f"tridiagonal solve failed (info={info})"
         return torch.from_numpy(X)
+
+    # shrink_many batches when n_alphas * n_columns reaches this (below it the p-step
+    # Python loop costs more than LAPACK's serial per-column recurrences)
+    batch_min = 1024
+    batch_max_elements = 1 << 25  # alphas per batch: at most this many p x m entries
+
+    def shrink_many(self, Z: torch.Tensor, alphas: Sequence[float]) -> list[torch.Tensor]:
+        """[(T + a I)^{-1} Z for a in alphas], vectorised over alphas and columns.
+
+        LAPACK's pttrs runs one serial recurrence per column (latency-bound); here the
+        same L D L^T factors (pttrf) and the same arithmetic (forward substitution,
+        division by D, back substitution, as pttrs) sweep the p rows once for all
+        alphas and columns, each step a SIMD update of n_alphas * m numbers. An alpha
+        whose T + a I is not numerically positive definite falls back to shrink()."""
+        alphas = [float(a) for a in alphas]
+        Zn = np.ascontiguousarray(Z.numpy())  # (p, m)
+        p, m = Zn.shape
+        if p == 1 or len(alphas) * m < self.batch_min:
+            return [self.shrink(Z, a) for a in alphas]
+        out: list[torch.Tensor | None] = [None] * len(alphas)
+        good = []
+        for k, a in enumerate(alphas):
+            df, ef, info = self._pttrf(self.d + a, self.e)
+            if info == 0:
+                good.append((k, df, ef))
+            else:
+                out[k] = self.shrink(Z, a)
+        per = max(1, self.batch_max_elements // (p * m))
+        for g0 in range(0, len(good), per):
+            batch = good[g0:g0 + per]
+            D = np.stack([df for _, df, _ in batch], axis=1)[:, :, None]  # (p, K, 1)
+            L = np.stack([ef for _, _, ef in batch], axis=1)[:, :, None]  # (p-1, K, 1)
+            U = np.empty((p, len(batch), m), dtype=Zn.dtype)  # row i: all alphas
+            tmp = np.empty(U.shape[1:], dtype=Zn.dtype)
+            U[0] = Zn[0]
+            for i in range(1, p):  # L y = z
+                np.multiply(U[i - 1], L[i - 1], out=tmp)
+                np.subtract(Zn[i], tmp, out=U[i])
+            U /= D
+            for i in range(p - 2, -1, -1):  # L^T x = D^{-1} y
+                np.multiply(U[i + 1], L[i], out=tmp)
+                np.subtract(U[i], tmp, out=U[i])
+            for j, (k, _, _) in enumerate(batch):
+                out[k] = torch.from_numpy(U[:, j, :])  # (p, m), row stride K * m
+        return out  # type: ignore[return-value]
 
 
 def _solve_primal(X: torch.Tensor | None, Y: torch.Tensor | None,
@@ -481,14 +539,15 @@ def _solve_dual(X: torch.Tensor | None, Y: torch.Tensor | None,
 
 
 def _solve_tridiagonal(X: torch.Tensor | None, Y: torch.Tensor | None,
-                       gram: torch.Tensor | None = None, cross: torch.Tensor | None = None
-                       ) -> _Tridiagonal:
-    """Householder tridiagonal reduction of the (p, p) gram (CPU): see _Tridiagonal."""
+                       gram: torch.Tensor | None = None, cross: torch.Tensor | None = None,
+                       overwrite_gram: bool = False) -> _Tridiagonal:
+    """Householder tridiagonal reduction of the (p, p) gram (CPU): see _Tridiagonal.
+    overwrite_gram: the reduction may destroy ``gram`` (a temporary of the caller)."""
     if gram is None:
-        gram = _gram(X)
+        gram, overwrite_gram = _gram(X), True
     if cross is None:
         cross = X.T @ Y
-    return _Tridiagonal(gram, cross)
+    return _Tridiagonal(gram, cross, overwrite_gram=overwrite_gram)
 
 
 RIDGE_SOLVERS = {"primal": _solve_primal, "dual": _solve_dual,
@@ -771,11 +830,14 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                 g, c = gram - held[f][0], cross - held[f][1]
                 sx, sy = sum_x - Xv.sum(0), sum_y - Yv.sum(0)
             m, my = sx / n_t, sy / n_t
-            C = g - n_t * torch.outer(m, m)  # centred training gram
-            s = scale(torch.diagonal(C) / n_t, m, n_t)
-            Rs = (c - n_t * torch.outer(m, my)) / s[:, None]
-            return m, my, s, RIDGE_SOLVERS[name](None, None, gram=C / torch.outer(s, s),
-                                                 cross=Rs)
+            own = val is not None  # g and c are temporaries of this fold
+            C = g.addr_(m, m, alpha=-n_t) if own else g.addr(m, m, alpha=-n_t)
+            s = scale(torch.diagonal(C) / n_t, m, n_t)  # C: centred training gram
+            Rs = (c.addr_(m, my, alpha=-n_t) if own else c.addr(m, my, alpha=-n_t)
+                  ).div_(s[:, None])
+            C.div_(torch.outer(s, s))  # standardised; the solver may overwrite it
+            kw = {"overwrite_gram": True} if name == "tridiagonal" else {}
+            return m, my, s, RIDGE_SOLVERS[name](None, None, gram=C, cross=Rs, **kw)
 
         t = Yc.shape[1]
         chunk = t if self.target_chunk is None else int(self.target_chunk)
@@ -788,8 +850,9 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             m, my, s, fac = factor(names[f], f)
             Sv = fac.rotate(((Xc[val] - m) / s).T)  # (r, n_val)
             Yv = Yc[val] - my  # (n_val, t)
-            for k, alpha in enumerate(alphas.tolist()):
-                Sa = fac.shrink(Sv, alpha).T  # (n_val, r)
+            # all alphas' (lam + alpha)^{-1} or (T + alpha I)^{-1} on Sv in one call
+            for k, Sk in enumerate(fac.shrink_many(Sv, alphas.tolist())):
+                Sa = Sk.T  # (n_val, r)
                 for c0 in range(0, t, chunk):
                     cols = slice(c0, c0 + chunk)
                     P = _matmul(Sa, fac.B[:, cols])  # (n_val, chunk)

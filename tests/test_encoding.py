@@ -469,3 +469,60 @@ def test_hat_needs_unscaled(rng):
     X, Y, groups = _data(rng)
     with pytest.raises(ValueError, match="solver='hat' needs standardize=False"):
         RidgeEncoder(solver="hat").fit(X, Y, groups)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tridiagonal_shrink_many_matches_lapack(rng, dtype, monkeypatch):
+    """The batched (T + a I)^{-1} (one row sweep for all alphas and columns) equals the
+    per-alpha LAPACK solves, in several alpha batches, with the pivoted-LU fallback for
+    an alpha where T + a I is not positive definite (an indefinite 'gram')."""
+    from brainray.encoding import _Tridiagonal
+
+    p, m = 150, 7
+    M = rng.standard_normal((p, p))
+    gram = torch.as_tensor(M + M.T, dtype=getattr(torch, dtype.__name__))  # indefinite
+    tri = _Tridiagonal(gram, torch.zeros((p, 1), dtype=gram.dtype))
+    Z = torch.as_tensor(rng.standard_normal((p, m)), dtype=gram.dtype)
+    alphas = [0.5, 1e3, 2e3, 5e3, 1e4]  # 0.5: not PD (eigenvalues down to ~ -2 sqrt(p))
+    assert tri._pttrf(tri.d + 0.5, tri.e)[2] != 0 and tri._pttrf(tri.d + 1e4, tri.e)[2] == 0
+    monkeypatch.setattr(_Tridiagonal, "batch_min", 0)
+    monkeypatch.setattr(_Tridiagonal, "batch_max_elements", 2 * p * m)  # batches of 2
+    many = tri.shrink_many(Z, alphas)
+    eps = np.finfo(dtype).eps
+    for a, S in zip(alphas, many):
+        ref = tri.shrink(Z, a).numpy()
+        assert S.shape == (p, m)
+        np.testing.assert_allclose(S.numpy(), ref, rtol=0, atol=1e3 * eps * np.abs(ref).max())
+    # the solves are the real inverse: Q (T + a I)^{-1} Q^T z = (G + a I)^{-1} z
+    z = Z.numpy().astype(np.float64)
+    x = tri.unrotate(tri.shrink_many(tri.rotate(Z), [1e4])[0]).numpy()
+    np.testing.assert_allclose(x, np.linalg.solve(M + M.T + 1e4 * np.eye(p), z),
+                               atol=1e2 * eps * np.abs(z).max() / 1e4)
+
+
+def test_fit_with_batched_shrink_equals_per_alpha(rng, monkeypatch):
+    """The fit gives the same alphas, scores and weights whether the alphas' tridiagonal
+    solves run batched (paper-scale path) or one LAPACK call per alpha (small data)."""
+    from brainray.encoding import _Tridiagonal
+
+    X, Y, groups = _data(rng, n_runs=4, n_per_run=40, p=12, t=3)
+    kw = dict(alphas=ALPHAS, delays=(1, 2), dtype="float64", device="cpu",
+              solver="tridiagonal")
+    per_alpha = RidgeEncoder(**kw).fit(X, Y, groups)
+    monkeypatch.setattr(_Tridiagonal, "batch_min", 0)
+    monkeypatch.setattr(_Tridiagonal, "batch_max_elements", 3 * 24 * 40)  # 2 batches
+    batched = RidgeEncoder(**kw).fit(X, Y, groups)
+    np.testing.assert_array_equal(batched.alpha_, per_alpha.alpha_)
+    np.testing.assert_allclose(batched.cv_scores_, per_alpha.cv_scores_, rtol=1e-12)
+    np.testing.assert_allclose(batched.coef_, per_alpha.coef_, rtol=1e-12, atol=1e-14)
+
+
+def test_tridiagonal_keeps_the_callers_gram(rng):
+    """Only overwrite_gram=True lets the reduction work in place on the gram."""
+    from brainray.encoding import _solve_tridiagonal
+
+    Xn = rng.standard_normal((50, 9))
+    G = torch.as_tensor(Xn.T @ Xn)
+    G0 = G.clone()
+    _solve_tridiagonal(None, None, gram=G, cross=torch.zeros((9, 1), dtype=G.dtype))
+    torch.testing.assert_close(G, G0, rtol=0, atol=0)
