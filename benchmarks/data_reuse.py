@@ -1,17 +1,25 @@
 """Does a reused data axis give the same answer as training every size from scratch, for less?
 
 On the demo's data (real Airstriker plays, simulated brain), for each width and seed it
-trains the data axis twice with the real trial (``brainray.trial.run``, no Ray): every
-size from scratch with the cosine schedule (the paper's way), and once with
-``train.data_schedule: reuse`` (one WSD trunk, a cooldown branch per smaller size). It then
-measures, with ``brainray.reuse``:
+trains the data axis three ways with the real trial (``brainray.trial.run``, no Ray):
+
+- ``scratch/cosine``: every size from scratch, cosine schedule (the paper's way);
+- ``scratch/wsd``: every size from scratch, the WSD schedule that reuse needs;
+- ``reuse/wsd``: ``train.data_schedule: reuse`` (one WSD trunk, a cooldown branch per size).
+
+``reuse/wsd`` against ``scratch/wsd`` isolates what reuse itself changes (the shared trunk,
+the growing-prefix curriculum); against ``scratch/cosine`` the schedule's effect adds in.
+It then measures, with ``brainray.reuse``:
 
 - compute: training FLOPs of the data axis with and without reuse (exact counts);
 - agreement: val loss and brain score of each reused branch against its from-scratch twin,
   against the run-to-run noise over seeds;
-- the data exponent beta of the loss law fitted on each schedule alone, with bootstrap CIs.
+- the data exponent beta of the loss law fitted on each arm alone, with bootstrap CIs.
 
-    python benchmarks/data_reuse.py                  # ~15-25 min on 2 cores; --jobs 2 halves it
+Rows are cached per (arm, width, seed) under ``results/data_reuse/rows/``, so an
+interrupted run continues (``--fresh`` recomputes).
+
+    python benchmarks/data_reuse.py                  # ~35 min on 2 cores with --jobs 1; --jobs 2 halves it
     python benchmarks/data_reuse.py --widths 16 48 --seeds 0 1 --sizes 3000 6000 12000 24000
 
 Writes ``results/benchmarks/data_reuse.json`` and ``.md``, and the frontier report of the
@@ -41,28 +49,36 @@ from brainray.config import load_spec  # noqa: E402
 OUT = REPO / "results" / "benchmarks"
 
 
+ARMS = ("scratch/cosine", "scratch/wsd", "reuse/wsd")
+ROWS = REPO / "results" / "data_reuse" / "rows"
+
+
 def _job(args: tuple[dict, str]) -> list[dict]:
-    """One width x seed x schedule: its trial(s), as trial-log rows."""
+    """One width x seed x arm: its trial(s), as trial-log rows (cached as JSON)."""
     import torch
 
     from brainray import trial, triallog
 
-    config, schedule = args
+    config, arm = args
+    tag = f"{arm.replace('/', '-')}-w{config['n_embd']}-s{config['seed']}"
+    cache = ROWS / f"{tag}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
     torch.set_num_threads(1)
     rows: list[dict] = []
-    tag = f"w{config['n_embd']}-s{config['seed']}"
-    if schedule == "reuse":
+    if arm.startswith("reuse"):
         sink: list[dict] = []
         trial.run(config, lambda m, checkpoint_dir=None: sink.append(m) if m.get("branch_done") else None)
         for m in sink:
-            rows.append({**m, "trial_id": triallog.branch_id(f"reuse-{tag}", m["data_frames"]),
-                         "parent_trial": f"reuse-{tag}"})
+            rows.append({**m, "trial_id": triallog.branch_id(tag, m["data_frames"]), "parent_trial": tag})
     else:
         for d in config["branches"]:
             m = trial.run({**config, "data_frames": d, "branches": None}, lambda m, checkpoint_dir=None: None)
-            rows.append({**m, "trial_id": f"scratch-{tag}-d{d}"})
+            rows.append({**m, "trial_id": f"{tag}-d{d}"})
     for r in rows:
         r["status"] = "ERROR" if r.get("error") else "TERMINATED"
+    ROWS.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(rows, default=str))
     return rows
 
 
@@ -74,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     ap.add_argument("--data", default=None, help="prepared dataset folder (default: results/demo/data/<hash>)")
     ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--fresh", action="store_true", help="ignore the cached rows")
     args = ap.parse_args(argv)
+    if args.fresh:
+        for f in ROWS.glob("*.json"):
+            f.unlink()
 
     spec = load_spec("demo-reuse")
     from brainray.prepare import prepare
@@ -83,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     prepare(spec, root)
     sizes = sorted(args.sizes or spec.axes.data_frames)
     ref = spec.axes.reference
-    train = {"scratch": {**dataclasses.asdict(spec.train), "data_schedule": "scratch", "lr_schedule": "cosine"},
-             "reuse": {**dataclasses.asdict(spec.train), "data_schedule": "reuse", "lr_schedule": "wsd"}}
+    def train(arm: str) -> dict:
+        data_schedule, lr_schedule = arm.split("/")
+        return {**dataclasses.asdict(spec.train), "data_schedule": data_schedule, "lr_schedule": lr_schedule}
+
     jobs = [({**ref, "n_embd": w, "seed": s, "data_frames": sizes[-1], "branches": sizes, "dataset": str(root),
-              "train": train[sched]}, sched)
-            for w in args.widths for s in args.seeds for sched in ("reuse", "scratch")]
-    print(f"[data_reuse] {len(args.widths)} widths x {len(args.seeds)} seeds x {len(sizes)} sizes, both schedules: "
+              "train": train(arm)}, arm)
+            for arm in ARMS for w in args.widths for s in args.seeds]
+    print(f"[data_reuse] {len(args.widths)} widths x {len(args.seeds)} seeds x {len(sizes)} sizes x {len(ARMS)} arms: "
           f"{len(jobs)} jobs on {args.jobs} process(es)")
     t0 = time.perf_counter()
     rows = []
@@ -100,22 +122,31 @@ def main(argv: list[str] | None = None) -> int:
     trials["sweep"] = "data_reuse"
 
     sav = reuse.savings(trials)
-    matched, agree = reuse.agreement(trials)
+    both = [reuse.agreement(trials, baseline=b, other="reuse/wsd") for b in ("scratch/wsd", "scratch/cosine")]
+    matched = pd.concat([m for m, _ in both], ignore_index=True)
+    agree = pd.concat([a for _, a in both], ignore_index=True)
     laws = reuse.data_exponents(trials, bootstrap=args.bootstrap)
-    scratch_axis = trials.loc[trials["data_schedule"] == "scratch", "train_flops"].sum()
-    reuse_axis = trials.loc[trials["data_schedule"] == "reuse", "incurred_flops"].sum()
+    arm = reuse.arms(trials)
+    scratch_axis = trials.loc[arm == "scratch/wsd", "train_flops"].sum()
+    reuse_axis = trials.loc[arm == "reuse/wsd", "incurred_flops"].sum()
     beta = {k: ({"beta": v.beta, "ci": list(v.ci.get("beta", (None, None))), "alpha": v.alpha, "trials": v.n_used}
                 if not isinstance(v, str) else {"error": v}) for k, v in laws.items()}
-    ok = [b for b in beta.values() if "ci" in b]
-    overlap = len(ok) == 2 and max(b["ci"][0] for b in ok) <= min(b["ci"][1] for b in ok)
-    inside = len(ok) == 2 and all(o["ci"][0] <= b["beta"] <= o["ci"][1] for b in ok for o in ok if o is not b)
+
+    def beta_check(a: str, b: str) -> dict:
+        x, y = beta.get(a, {}), beta.get(b, {})
+        if "ci" not in x or "ci" not in y:
+            return {}
+        return {"each_inside_the_others_ci": x["ci"][0] <= y["beta"] <= x["ci"][1] and y["ci"][0] <= x["beta"] <= y["ci"][1],
+                "cis_overlap": max(x["ci"][0], y["ci"][0]) <= min(x["ci"][1], y["ci"][1])}
+
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or platform.machine(),
         "widths": args.widths, "seeds": args.seeds, "sizes": sizes, "train": spec.train.__dict__,
         "wall_s": time.perf_counter() - t0,
         "data_axis_flops": {"scratch": scratch_axis, "reuse": reuse_axis, "ratio": reuse_axis / scratch_axis},
         "agreement": agree.to_dict(orient="records"), "beta": beta,
-        "beta_each_inside_the_others_ci": inside, "beta_cis_overlap": overlap,
+        "beta_reuse_vs_scratch_wsd": beta_check("reuse/wsd", "scratch/wsd"),
+        "beta_reuse_vs_scratch_cosine": beta_check("reuse/wsd", "scratch/cosine"),
         "savings": sav.to_dict(orient="records"),
     }
     OUT.mkdir(parents=True, exist_ok=True)
@@ -140,14 +171,16 @@ def _markdown(r: dict, agree: pd.DataFrame, matched: pd.DataFrame) -> str:
         f"**Data-axis training FLOPs**: from scratch {f['scratch']:.4g}, reused {f['reuse']:.4g} "
         f"= **{f['ratio']:.3f}x**.", "",
         "## Agreement of reused branches with from-scratch trials", "",
+        "`other - baseline` at matched (config, data size), seed means; noise_sd: seed standard deviation "
+        "of one run; `within_2se`: share of matched points with |z| <= 2.", "",
         _md_table(agree), "",
         "## Data exponent beta per schedule (95 % bootstrap CI)", "",
     ]
     for k, b in r["beta"].items():
         lines.append(f"- {k}: " + (f"beta {b['beta']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}], "
                                    f"alpha {b['alpha']:.3f}, {b['trials']} trials" if "ci" in b else b["error"]))
-    lines += ["", f"Each beta inside the other's CI: {r['beta_each_inside_the_others_ci']}; "
-                  f"CIs overlap: {r['beta_cis_overlap']}.", "", "## Matched points", "",
+    lines += ["", f"reuse/wsd vs scratch/wsd: {r['beta_reuse_vs_scratch_wsd']}; "
+                  f"reuse/wsd vs scratch/cosine: {r['beta_reuse_vs_scratch_cosine']}.", "", "## Matched points", "",
               _md_table(matched), ""]
     return "\n".join(lines)
 

@@ -1,13 +1,19 @@
 """Per-trial scheduling overhead of a Ray Tune sweep, as a fraction of trial time.
 
 Each trial imports what a real brainray trial imports (``brainray.trial``: torch,
-transformers) and then sleeps ``T`` seconds, reporting once a second. With ``n`` trials on
-``slots`` concurrent CPUs the ideal wall time is ``ceil(n / slots) * T``; the overhead per
-trial is what is left over, ``(wall - ideal) / ceil(n / slots)``. It is measured at
-T = 2 s and 10 s, with and without ``reuse_actors``, and extrapolated to 60-second trials
-assuming a fixed cost per trial (the sleep does not change Tune's per-trial work).
+transformers, scikit-learn) and then sleeps ``T`` seconds, reporting once a second. With
+``slots`` concurrent CPUs a sweep of ``n`` trials runs ``ceil(n / slots)`` rounds. The wall
+time of a sweep also holds fixed costs (Tuner setup, experiment state, shutdown) that do
+not grow with the number of trials, so the per-trial overhead is taken from the
+*difference* of two sweeps, ``n1`` and ``n2`` trials, run back to back:
 
-    python benchmarks/sweep_overhead.py            # writes results/benchmarks/sweep_overhead.json
+    overhead per round = (wall(n2) - wall(n1)) / (rounds(n2) - rounds(n1)) - T
+
+It is measured with real 60-second trials, with and without ``reuse_actors``; the naive
+figure ``(wall - rounds * T) / rounds`` of each sweep is kept too.
+
+    python benchmarks/sweep_overhead.py            # ~10 min; writes results/benchmarks/sweep_overhead.json
+    python benchmarks/sweep_overhead.py --seconds 20 --n1 2 --n2 6
 """
 
 from __future__ import annotations
@@ -54,40 +60,48 @@ def measure(seconds: float, n_trials: int, reuse: bool, storage: str, slots: int
             "overhead_frac": round(per_trial / seconds, 3)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
     import tempfile
 
     import ray
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60.0, help="trial length T (default 60)")
+    ap.add_argument("--n1", type=int, default=2, help="trials of the shorter sweep")
+    ap.add_argument("--n2", type=int, default=6, help="trials of the longer sweep")
+    args = ap.parse_args(argv)
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    n_trials = int(sys.argv[1]) if len(sys.argv) > 1 else 6
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    rows = []
+    rows, per_trial = [], {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as storage:
         for reuse in (False, True):
-            for seconds in (2, 10):
-                rows.append(measure(seconds, n_trials, reuse, storage))
-                print(rows[-1], flush=True)
+            pair = [measure(args.seconds, n, reuse, storage) for n in (args.n1, args.n2)]
+            rows += pair
+            for r in pair:
+                print(r, flush=True)
+            rounds = [math.ceil(n / 2) for n in (args.n1, args.n2)]
+            o = (pair[1]["wall_s"] - pair[0]["wall_s"]) / (rounds[1] - rounds[0]) - args.seconds
+            per_trial[f"reuse_actors={reuse}"] = {"overhead_per_trial_s": round(o, 2),
+                                                  "overhead_frac": round(o / args.seconds, 4)}
     ray.shutdown()
-    extrap = {}
-    for reuse in (False, True):
-        # Tune's work per trial does not grow with the sleep, so the 60 s overhead is taken as the
-        # mean fixed cost of the 2 s and 10 s runs (their difference is noise on a shared machine).
-        o = sum(r["overhead_per_trial_s"] for r in rows if r["reuse_actors"] is reuse) / 2
-        extrap[f"reuse_actors={reuse}"] = {"overhead_per_trial_s": round(o, 2), "overhead_frac": round(o / 60, 3)}
     result = {
-        "what": "Ray Tune per-trial overhead: wall time beyond ceil(n/slots) * trial time, per round of trials",
+        "what": "Ray Tune per-trial overhead: extra wall time per round of trials, from the difference of two sweeps",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "ray": ray.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "trial_s": args.seconds,
         "measured": rows,
-        "extrapolated_60s": extrap,
-        "method": "60 s: not measured; the mean fixed overhead per trial of the 2 s and 10 s runs, over 60 s",
-        "load_average": os.getloadavg(),
+        "per_trial": per_trial,
+        "method": f"(wall(n2={args.n2}) - wall(n1={args.n1})) / (rounds(n2) - rounds(n1)) - T, 2 slots",
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "target": "<= 5% for 60-second trials",
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(extrap, indent=1))
+    print(json.dumps(per_trial, indent=1))
     return 0
 
 

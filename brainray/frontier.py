@@ -680,10 +680,9 @@ def pareto_front(cost: Any, y: Any, minimize: bool = True) -> np.ndarray:
 
 def _config_keys(df: pd.DataFrame) -> list[str]:
     """Columns that identify a config (seeds are averaged over); a reused data size is not the same
-    trial as its from-scratch twin, so the schedule counts where a log has both."""
+    trial as its from-scratch twin, so the schedules count where a log has several."""
     keys = [a for a in AXES if a in df.columns]
-    if "data_schedule" in df.columns and df["data_schedule"].nunique(dropna=False) > 1:
-        keys.append("data_schedule")
+    keys += [c for c in ("data_schedule", "lr_schedule") if c in df.columns and df[c].nunique(dropna=False) > 1]
     return keys
 
 

@@ -23,7 +23,7 @@ from scipy import stats
 
 from brainray.frontier import LawFit, fit_law
 
-__all__ = ["savings", "agreement", "data_exponents", "MODEL_KEYS"]
+__all__ = ["savings", "agreement", "data_exponents", "arms", "MODEL_KEYS"]
 
 MODEL_KEYS = ("n_embd", "n_layer", "n_head", "dtype")
 
@@ -32,6 +32,16 @@ def _schedule(df: pd.DataFrame) -> pd.Series:
     if "data_schedule" not in df.columns:
         return pd.Series("scratch", index=df.index)
     return df["data_schedule"].fillna("scratch")
+
+
+def arms(df: pd.DataFrame) -> pd.Series:
+    """Each row's arm, ``<data_schedule>/<lr_schedule>`` (e.g. ``scratch/cosine``, ``reuse/wsd``).
+
+    Logs from before ``lr_schedule`` was logged read as cosine from scratch, wsd for reuse."""
+    sched = _schedule(df)
+    lr = df["lr_schedule"] if "lr_schedule" in df.columns else pd.Series(None, index=df.index, dtype=object)
+    lr = lr.where(lr.notna(), sched.map({"scratch": "cosine", "reuse": "wsd"}))
+    return sched + "/" + lr
 
 
 def savings(trials: pd.DataFrame) -> pd.DataFrame:
@@ -62,15 +72,19 @@ def savings(trials: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(columns=cols)
 
 
-def agreement(trials: pd.DataFrame, metrics: tuple[str, ...] = ("val_loss", "brain_r_mean")
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reused branches vs from-scratch trials at the same model config and data size.
+def agreement(trials: pd.DataFrame, baseline: str = "scratch/wsd", other: str = "reuse/wsd",
+              metrics: tuple[str, ...] = ("val_loss", "brain_r_mean")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Arm ``other`` vs arm ``baseline`` (see ``arms``) at the same model config and data size.
+
+    The default compares reused branches with from-scratch trials on the same WSD schedule,
+    which isolates what reuse changes (the shared trunk, the growing-prefix curriculum);
+    against ``scratch/cosine`` the LR schedule's own effect is in the difference too.
 
     Returns
     -------
     matched : DataFrame
         One row per (config, data size, metric) run both ways: seed means and counts per
-        schedule, ``diff`` (reuse - scratch), and ``z``: the difference over its standard
+        arm (``scratch``: the baseline, ``reuse``: the other), ``diff`` (other - baseline), and ``z``: the difference over its standard
         error under the pooled run-to-run noise.
     summary : DataFrame
         One row per metric: ``n_matched``, ``noise_sd`` (pooled seed standard deviation of
@@ -79,7 +93,8 @@ def agreement(trials: pd.DataFrame, metrics: tuple[str, ...] = ("val_loss", "bra
         (share of matched points with |z| <= 2). Empty when nothing is matched.
     """
     keys = [*MODEL_KEYS, "data_frames"]
-    ok = trials[trials["status"] == "TERMINATED"].assign(_schedule=_schedule(trials))
+    ok = trials[trials["status"] == "TERMINATED"].assign(_schedule=arms(trials))
+    ok = ok[ok["_schedule"].isin([baseline, other])].replace({"_schedule": {baseline: "scratch", other: "reuse"}})
     matched, summary = [], []
     for metric in metrics:
         if metric not in ok.columns:
@@ -102,7 +117,7 @@ def agreement(trials: pd.DataFrame, metrics: tuple[str, ...] = ("val_loss", "bra
         d = m["diff"].to_numpy(float)
         half = (float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
                 if len(d) > 1 else math.nan)
-        summary.append({"metric": metric, "n_matched": len(d), "noise_sd": noise, "mean_diff": d.mean(),
+        summary.append({"baseline": baseline, "other": other, "metric": metric, "n_matched": len(d), "noise_sd": noise, "mean_diff": d.mean(),
                         "mean_diff_lo": d.mean() - half, "mean_diff_hi": d.mean() + half,
                         "mean_abs_diff": np.abs(d).mean(), "max_abs_z": float(np.abs(m["z"]).max()),
                         "within_2se": float((np.abs(m["z"]) <= 2).mean())})
@@ -112,12 +127,12 @@ def agreement(trials: pd.DataFrame, metrics: tuple[str, ...] = ("val_loss", "bra
 
 def data_exponents(trials: pd.DataFrame, bootstrap: int = 200, seed: int = 0
                    ) -> dict[str, LawFit | str]:
-    """The loss law fitted on each schedule's finished trials alone: schedule -> fit (or why not).
+    """The loss law fitted on each arm's finished trials alone: arm (``arms``) -> fit (or why not).
 
     Agreement of beta (the data exponent) within its bootstrap CI is the test that reuse
     leaves the data axis' scaling law where training from scratch puts it.
     """
-    ok = trials[trials["status"] == "TERMINATED"].assign(_schedule=_schedule(trials))
+    ok = trials[trials["status"] == "TERMINATED"].assign(_schedule=arms(trials))
     out: dict[str, LawFit | str] = {}
     for name, g in ok.groupby("_schedule", sort=True):
         try:

@@ -47,7 +47,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from nilearn.glm.first_level import spm_hrf
 from scipy.signal import lfilter, oaconvolve
 
 __all__ = [
@@ -664,6 +663,8 @@ def hrf_features(
     fine = np.zeros((n_fine, x.shape[1]))
     np.add.at(fine, bins, x)
     fine /= np.maximum(counts, 1)[:, None]  # (n_fine, F) bin means
+    from nilearn.glm.first_level import spm_hrf  # here, not at import: trials load this module, never the HRF
+
     hrf = spm_hrf(_FINE_DT, oversampling=1, time_length=_HRF_LENGTH)
     conv = oaconvolve(fine, hrf[:, None], axes=0)[:n_fine]  # (n_fine, F)
     pos = ((np.arange(n_vols) + 0.5) * tr) / _FINE_DT - 0.5  # in fine-bin-centre units

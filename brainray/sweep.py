@@ -410,7 +410,7 @@ def run_sweep(
     data_dir: str | None = None,
     search: str = "grid",
     samples: int = 8,
-    reuse_actors: bool = False,
+    reuse_actors: bool | None = None,
 ) -> str:
     """Prepare, run every trial of ``spec`` on Ray Tune, and return the sweep folder (path or URI).
 
@@ -430,15 +430,18 @@ def run_sweep(
         Optuna's TPE over ``n_embd`` and ``data_frames`` (log-uniform integers between the axes'
         smallest and largest values; ``n_embd`` a multiple of the reference ``n_head``; the other
         axes at the reference), FIFO. Its trials land in the same trial log.
-    reuse_actors : bool, default=False
+    reuse_actors : bool, optional
         Run the next trial in the finished trial's worker process (same resource request),
-        saving the process start and imports: 11.5 s per trial on a loaded 2-core machine,
-        3.4 s with reuse (``results/benchmarks/sweep_overhead.json``). The trainable keeps no
-        state between trials and frees its tensors and the CUDA cache when it ends. Off by
-        default: after a node is lost, Tune may hand a retried trial to the dead node's cached
-        actor again and burn its retries in the same second (seen in
-        ``tests/test_cluster_live.py``); a lost row or a spurious ERROR costs more than 8 s.
+        saving the process start and the imports (torch, transformers: ~6 s here); see
+        ``results/benchmarks/sweep_overhead.json``. The trainable keeps no state between trials
+        and frees its tensors and the CUDA cache when it ends. Default (None): on for a local
+        Ray instance, off when joining a cluster (``address``): after a node is lost, Tune may
+        hand a retried trial to the dead node's cached actor again and burn its retries in the
+        same second (seen in ``tests/test_cluster_live.py``), and cluster trials are long enough
+        that a process start is a small share of them.
     """
+    if reuse_actors is None:
+        reuse_actors = address is None
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}; got {search!r}.")
     if search == "optuna" and spec.train.data_schedule == "reuse":

@@ -242,7 +242,8 @@ class _Trainer:
             "n_embd": self.spec.n_embd, "n_layer": self.spec.n_layer, "n_head": self.spec.n_head, "dtype": self.dtype,
             "seed": self.seed, "params": n_params, "params_nonembed": n_params_nonembed,
             "flops_per_token": self.flops_per_token, "n_ctx": self.spec.n_ctx, "vocab_size": self.spec.vocab_size,
-            "batch_size": tr.batch_size, "lr": tr.lr, "epochs": tr.epochs, "device": str(self.device),
+            "batch_size": tr.batch_size, "lr": tr.lr, "lr_schedule": tr.lr_schedule, "epochs": tr.epochs,
+            "device": str(self.device),
             "node": platform.node(),
         }
         self._t0 = 0.0

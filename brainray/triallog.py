@@ -49,7 +49,7 @@ TRIAL_SCHEMA = pa.schema(
         ("num_failures", _INT), ("brainray_version", _STR), ("git_sha", _STR),
         ("started_at", _STR), ("finished_at", _STR), ("config_json", _STR), ("written_at", _FLOAT),
         # data reuse (brainray.schedule): what a row added to the bill, and where it forked off
-        ("data_schedule", _STR), ("parent_trial", _STR), ("branch_step", _INT),
+        ("data_schedule", _STR), ("lr_schedule", _STR), ("parent_trial", _STR), ("branch_step", _INT),
         ("incurred_flops", _FLOAT), ("incurred_gpu_hours", _FLOAT),
     ]
 )

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search", choices=("grid", "optuna"), default="grid",
                     help="grid: every trial of the spec (default); optuna: --samples trials over width and data")
     ap.add_argument("--samples", type=int, default=8, help="trials of an Optuna search (default: 8)")
+    ap.add_argument("--reuse-actors", choices=("auto", "on", "off"), default="auto",
+                    help="run a trial in the previous trial's worker process (auto: on for a local Ray, "
+                         "off with --address)")
     args = ap.parse_args(argv)
 
     try:
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         root = run_sweep(
             spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus,
             data_dir=data_dir, search=args.search, samples=args.samples,
+            reuse_actors={"auto": None, "on": True, "off": False}[args.reuse_actors],
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

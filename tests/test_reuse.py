@@ -191,3 +191,63 @@ def test_reuse_sweep_logs_one_row_per_data_size_and_resumes(tmp_path, tiny_datas
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted((root / "trials").glob("*.parquet")) == parts  # nothing re-run or re-written
+
+
+# -- the analysis: savings, agreement, beta per arm ------------------------------------------------
+def _arm_table(shift: float, loss_noise: float, beta: float = 0.4, seed: int = 0):
+    """Two arms drawn from known laws: scratch/wsd, and reuse/wsd whose loss is ``shift`` higher."""
+    import pandas as pd
+
+    from brainray.frontier import simulate_trials
+
+    law = (2.0, 60.0, 400.0, 0.25, beta)
+    kw = dict(n_embd=(64, 128, 256), n_layer=(2, 4), data_frames=(10_000, 30_000, 100_000, 300_000, 1_000_000),
+              seeds=(0, 1, 2, 3), loss_law=law, loss_noise=loss_noise)
+    a = simulate_trials(**kw, seed=seed).assign(data_schedule="scratch", lr_schedule="wsd")
+    b = simulate_trials(**kw, seed=seed + 1).assign(data_schedule="reuse", lr_schedule="wsd")
+    b["val_loss"] += shift
+    b["parent_trial"] = b[["n_embd", "n_layer", "seed"]].astype(str).agg("-".join, axis=1)
+    b["incurred_flops"] = b["train_flops"] * 0.4
+    b["incurred_gpu_hours"] = b["gpu_hours"] * 0.4
+    a["trial_id"], b["trial_id"] = "s" + a.index.astype(str), "r" + b.index.astype(str)
+    return pd.concat([a, b], ignore_index=True)
+
+
+def test_agreement_recovers_a_known_shift_and_the_seed_noise():
+    from brainray import reuse
+
+    df = _arm_table(shift=0.05, loss_noise=0.01)
+    matched, summary = reuse.agreement(df, metrics=("val_loss",))
+    row = summary.iloc[0]
+    assert row["n_matched"] == 3 * 2 * 5
+    assert row["mean_diff"] == pytest.approx(0.05, abs=0.01)
+    assert row["mean_diff_lo"] < 0.05 < row["mean_diff_hi"]
+    # log-normal noise of sd 0.01 on losses around 2-4: an absolute sd of about 0.01 * mean loss
+    expected_sd = 0.01 * df["val_loss"].mean()
+    assert row["noise_sd"] == pytest.approx(expected_sd, rel=0.35)
+    same, s0 = reuse.agreement(_arm_table(shift=0.0, loss_noise=0.01), metrics=("val_loss",))
+    assert s0.iloc[0]["mean_diff_lo"] < 0 < s0.iloc[0]["mean_diff_hi"] and s0.iloc[0]["within_2se"] > 0.85
+    assert summary.iloc[0]["within_2se"] < s0.iloc[0]["within_2se"]  # the shift is seen
+
+
+def test_savings_sum_each_run_and_the_total():
+    from brainray import reuse
+
+    df = _arm_table(shift=0.0, loss_noise=0.0)
+    sav = reuse.savings(df)
+    total = sav.iloc[-1]
+    runs = sav.iloc[:-1]
+    assert len(runs) == 3 * 2 * 4  # widths x depths x seeds
+    assert list(runs["ratio"]) == pytest.approx([0.4] * len(runs)) and total["ratio"] == pytest.approx(0.4)
+    reused = df[df["data_schedule"] == "reuse"]
+    assert total["scratch_flops"] == pytest.approx(reused["train_flops"].sum())
+
+
+def test_data_exponents_recover_beta_on_each_arm():
+    from brainray import reuse
+
+    df = _arm_table(shift=0.0, loss_noise=0.0, beta=0.35)
+    laws = reuse.data_exponents(df, bootstrap=0)
+    assert set(laws) == {"scratch/wsd", "reuse/wsd"}
+    for fit in laws.values():
+        assert fit.beta == pytest.approx(0.35, rel=1e-3)
