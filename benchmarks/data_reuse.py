@@ -66,7 +66,10 @@ def _job(args: tuple[dict, str]) -> list[dict]:
         return json.loads(cache.read_text())
     torch.set_num_threads(1)
     rows: list[dict] = []
-    if arm.startswith("reuse"):
+    if arm == "control":  # from scratch at the largest size only, with the reuse trunk's warmup
+        m = trial.run(config, lambda m, checkpoint_dir=None: None)
+        rows.append({**m, "trial_id": f"{tag}-d{config['data_frames']}"})
+    elif arm.startswith("reuse"):
         sink: list[dict] = []
         trial.run(config, lambda m, checkpoint_dir=None: sink.append(m) if m.get("branch_done") else None)
         for m in sink:
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[data_reuse] {i + 1}/{len(jobs)} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     trials = pd.DataFrame(rows)
     trials["sweep"] = "data_reuse"
+    control = _warmup_control(trials, jobs, args.jobs)
 
     sav = reuse.savings(trials)
     both = [reuse.agreement(trials, baseline=b, other="reuse/wsd") for b in ("scratch/wsd", "scratch/cosine")]
@@ -148,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         "beta_reuse_vs_scratch_wsd": beta_check("reuse/wsd", "scratch/wsd"),
         "beta_reuse_vs_scratch_cosine": beta_check("reuse/wsd", "scratch/cosine"),
         "savings": sav.to_dict(orient="records"),
+        "warmup_control": control.to_dict(orient="records"),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "data_reuse.json").write_text(json.dumps(result, indent=1, default=str))
-    (OUT / "data_reuse.md").write_text(_markdown(result, agree, matched))
+    (OUT / "data_reuse.md").write_text(_markdown(result, agree, matched, control))
     from brainray.report import write_report
 
     report = write_report(trials, REPO / "results" / "data_reuse", title="brainray: data reuse vs from scratch",
@@ -161,7 +166,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _markdown(r: dict, agree: pd.DataFrame, matched: pd.DataFrame) -> str:
+def _warmup_control(trials: pd.DataFrame, jobs: list, n_jobs: int) -> pd.DataFrame:
+    """From scratch (WSD) at the largest size with the warmup the reuse trunk had, per width and seed.
+
+    The trunk's warmup is shared by every branch, so it is sized by the shortest path
+    (``warmup_frac`` of the smallest size's steps): shorter than a from-scratch run of the
+    largest size gets. This control separates that difference from reuse itself.
+    """
+    from brainray import reuse as r
+
+    arm = r.arms(trials)
+    reused = trials[arm == "reuse/wsd"]
+    control_jobs = []
+    for config, name in jobs:
+        if name != "reuse/wsd":
+            continue
+        mine = reused[(reused["n_embd"] == config["n_embd"]) & (reused["seed"] == config["seed"])]
+        smallest, largest = mine.loc[mine["data_frames"].idxmin()], mine.loc[mine["data_frames"].idxmax()]
+        warmup = int(config["train"]["warmup_frac"] * smallest["max_steps"])
+        train = {**config["train"], "data_schedule": "scratch", "lr_schedule": "wsd",
+                 "warmup_frac": (warmup + 0.5) / largest["max_steps"] if warmup else 0.0}
+        control_jobs.append(({**config, "data_frames": int(largest["data_frames"]), "branches": None, "train": train},
+                             "control"))
+    with mp.get_context("spawn").Pool(n_jobs) as pool:
+        rows = [row for part in pool.map(_job, control_jobs) for row in part]
+    ctrl = pd.DataFrame(rows)
+    d_max = int(ctrl["data_frames"].max())
+    out = []
+    for w, g in ctrl.groupby("n_embd"):
+        entry = {"n_embd": w, "data_frames": d_max, "warmup_steps": int(g["warmup_frac"].iloc[0] * g["max_steps"].iloc[0])
+                 if "warmup_frac" in g else None}
+        for name, sub in (("scratch/wsd, warmup as reuse", g), *(
+                (a, trials[(arm == a) & (trials["n_embd"] == w) & (trials["data_frames"] == d_max)])
+                for a in ("scratch/wsd", "reuse/wsd"))):
+            entry[f"{name} mean"] = sub["val_loss"].mean()
+            entry[f"{name} sd"] = sub["val_loss"].std(ddof=1)
+        out.append(entry)
+    return pd.DataFrame(out).drop(columns="warmup_steps")
+
+
+def _markdown(r: dict, agree: pd.DataFrame, matched: pd.DataFrame, control: pd.DataFrame) -> str:
     f = r["data_axis_flops"]
     lines = [
         "# Data reuse vs training every data size from scratch", "",
@@ -180,7 +224,11 @@ def _markdown(r: dict, agree: pd.DataFrame, matched: pd.DataFrame) -> str:
         lines.append(f"- {k}: " + (f"beta {b['beta']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}], "
                                    f"alpha {b['alpha']:.3f}, {b['trials']} trials" if "ci" in b else b["error"]))
     lines += ["", f"reuse/wsd vs scratch/wsd: {r['beta_reuse_vs_scratch_wsd']}; "
-                  f"reuse/wsd vs scratch/cosine: {r['beta_reuse_vs_scratch_cosine']}.", "", "## Matched points", "",
+                  f"reuse/wsd vs scratch/cosine: {r['beta_reuse_vs_scratch_cosine']}.", "",
+              "## Control: the shared warmup", "",
+              "The reuse trunk's warmup is shared by all its branches, so it is `warmup_frac` of the *smallest* "
+              "size's steps. Val loss at the largest size (mean and sd over seeds) from scratch with the same "
+              "warmup as the trunk, beside the two arms:", "", _md_table(control), "", "## Matched points", "",
               _md_table(matched), ""]
     return "\n".join(lines)
 

@@ -158,39 +158,55 @@ def test_a_diverging_trunk_fails_the_run(reuse_config, tmp_path):
 
 # -- through Ray Tune ----------------------------------------------------------------------------
 @pytest.mark.slow
-def test_reuse_sweep_logs_one_row_per_data_size_and_resumes(tmp_path, tiny_dataset):
+def test_reuse_sweep_survives_a_killed_driver_with_one_row_per_data_size(tmp_path, tiny_dataset):
+    """A reuse run is killed (SIGKILL, driver and all) after its first branch is logged and while
+    its trunk goes on; the same command again resumes the trunk from its checkpoint, logs the rest,
+    and leaves the row already written alone."""
+    import os
+    import signal
+    import time
+
     raw = yaml.safe_load((PRESETS_DIR / "smoke.yaml").read_text())
     raw["name"] = "reuse"
-    raw["train"].update(data_schedule="reuse", epochs=2)
-    raw["axes"].update(n_layer=[1], n_head=[1], dtype=["fp32"], data_frames=[1200, 1800, 2400])
+    raw["train"].update(data_schedule="reuse", epochs=25)  # slow enough to be caught mid-trunk
+    raw["axes"] = {"design": "lines", "cross": False, "data_frames": [1200, 2400], "n_embd": [128], "n_layer": [4],
+                   "n_head": [1], "dtype": ["fp32"],
+                   "reference": {"data_frames": 2400, "n_embd": 128, "n_layer": 4, "n_head": 1, "dtype": "fp32", "seed": 0}}
     spec_file = tmp_path / "reuse.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    data_dir = Path(tiny_dataset.root).parent
     cmd = [sys.executable, str(REPO / "sweeps" / "scaling.py"), "--preset", str(spec_file), "--storage",
-           str(tmp_path / "out"), "--num-cpus", "2", "--data-dir", str(data_dir)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "4 trials as 2 reuse runs" in out.stdout
-    root = tmp_path / "out" / "reuse"
+           str(tmp_path), "--num-cpus", "2", "--data-dir", str(Path(tiny_dataset.root).parent)]
+    root = tmp_path / "reuse"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "first.log", "w") as first_log:
+        first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and first.poll() is None and not list((root / "trials").glob("*.parquet")):
+                time.sleep(0.2)
+            assert first.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+        finally:
+            try:
+                os.killpg(first.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "trials").glob("*.parquet")}
+    assert len(before) == 1 and triallog.read_trials(str(root))["data_frames"].tolist() == [1200]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming" in again.stdout and "2 trials as 1 reuse runs" in again.stdout
     log = triallog.read_trials(str(root))
-    spec = load_spec(str(spec_file))
-    expected = sorted((t["n_embd"], t["data_frames"]) for t in spec.axes.trials())
-    assert sorted(zip(log["n_embd"], log["data_frames"])) == expected and len(log) == len(expected)
-    assert (log["status"] == "TERMINATED").all() and (log["data_schedule"] == "reuse").all()
-    assert log["parent_trial"].nunique() == 2
-    for _, g in log.groupby("parent_trial"):  # the bill: trunk once + cooldowns < from scratch
-        if len(g) > 1:
-            assert g["incurred_flops"].sum() < g["train_flops"].sum()
-        else:
-            assert g["incurred_flops"].sum() == pytest.approx(g["train_flops"].sum())
-    curves = triallog.read_curves(str(root))
-    assert set(log["trial_id"]) <= set(curves["trial_id"])  # each branch has its own cooldown curve
-    report = (root / "frontier" / "report.html").read_text()
-    assert "Data reuse" in report
-    parts = sorted((root / "trials").glob("*.parquet"))
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert sorted((root / "trials").glob("*.parquet")) == parts  # nothing re-run or re-written
+    assert sorted(log["data_frames"]) == [1200, 2400] and len(list((root / "trials").glob("*.parquet"))) == 2
+    assert (log["status"] == "TERMINATED").all(), log[["trial_id", "status", "error"]]
+    assert (log["data_schedule"] == "reuse").all() and log["parent_trial"].nunique() == 1
+    for name, mtime in before.items():  # the row written before the kill is not re-written
+        assert (root / "trials" / name).stat().st_mtime_ns == mtime
+    assert log["incurred_flops"].sum() < log["train_flops"].sum()  # the trunk once + a cooldown
+    assert set(log["trial_id"]) <= set(triallog.read_curves(str(root))["trial_id"])  # each branch has its curve
+    assert "Data reuse" in (root / "frontier" / "report.html").read_text()
 
 
 # -- the analysis: savings, agreement, beta per arm ------------------------------------------------
