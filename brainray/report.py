@@ -377,14 +377,15 @@ def _plot_reuse(trials: pd.DataFrame, info: dict[str, Any], path: Path) -> str |
     runs = sav[sav["n_embd"] != "all"]
     if runs.empty:
         return "no reuse run has finished yet"
+    by_model = runs.groupby(list(reuse.MODEL_KEYS), sort=True)[["scratch_flops", "reuse_flops"]].sum().reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
-    x = np.arange(len(runs))
-    ax.bar(x - 0.2, runs["scratch_flops"], 0.4, label="each size from scratch", color="0.6")
-    ax.bar(x + 0.2, runs["reuse_flops"], 0.4, label="reused (trunk once + cooldowns)", color="C0")
-    ax.set_xticks(x, [f"d{r.n_embd} L{r.n_layer}\nH{r.n_head} {r.dtype} s{r.seed}" for r in runs.itertuples()],
+    x = np.arange(len(by_model))
+    ax.bar(x - 0.2, by_model["scratch_flops"], 0.4, label="each size from scratch", color="0.6")
+    ax.bar(x + 0.2, by_model["reuse_flops"], 0.4, label="reused (trunk once + cooldowns)", color="C0")
+    ax.set_xticks(x, [f"d{int(r.n_embd)} L{int(r.n_layer)}\nH{int(r.n_head)} {r.dtype}" for r in by_model.itertuples()],
                   fontsize=7)
-    ax.set_ylabel("training FLOPs of the data axis")
+    ax.set_ylabel("training FLOPs of the data axis (all seeds)")
     total = sav.iloc[-1]
     ax.set_title(f"Data-axis compute: reuse = {total['ratio']:.2f}x scratch")
     ax.legend(fontsize=8)

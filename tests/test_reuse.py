@@ -8,7 +8,6 @@ untouched by its branches, and for resume; ``test_reuse_sweep_*`` runs it throug
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from recorder import Recorder
 
 from brainray import schedule, trial, triallog
 from brainray.config import PRESETS_DIR, SpecError, load_spec
@@ -72,24 +72,6 @@ def test_bad_reuse_settings_are_listed_with_their_keys():
 
 
 # -- the trial ---------------------------------------------------------------------------------
-class Recorder:
-    def __init__(self, tmp_path: Path):
-        self.metrics, self.checkpoints, self.tmp = [], [], tmp_path
-
-    def __call__(self, metrics, checkpoint_dir=None):
-        self.metrics.append(dict(metrics))
-        if checkpoint_dir:
-            dest = self.tmp / f"ckpt-{len(self.checkpoints)}"
-            shutil.copytree(checkpoint_dir, dest)
-            self.checkpoints.append(dest)
-
-    def rows(self):
-        return [m for m in self.metrics if m.get("branch_done")]
-
-    def trunk(self):
-        return [(m["step"], m["train_loss"]) for m in self.metrics if m.get("branch") is None and "lr" in m]
-
-
 @pytest.fixture
 def reuse_config(trial_config):
     train = {**trial_config["train"], "data_schedule": "reuse", "lr_schedule": "wsd", "epochs": 3, "log_every": 1}
@@ -241,7 +223,7 @@ def test_agreement_recovers_a_known_shift_and_the_seed_noise():
     # log-normal noise of sd 0.01 on losses around 2-4: an absolute sd of about 0.01 * mean loss
     expected_sd = 0.01 * df["val_loss"].mean()
     assert row["noise_sd"] == pytest.approx(expected_sd, rel=0.35)
-    same, s0 = reuse.agreement(_arm_table(shift=0.0, loss_noise=0.01), metrics=("val_loss",))
+    _, s0 = reuse.agreement(_arm_table(shift=0.0, loss_noise=0.01), metrics=("val_loss",))
     assert s0.iloc[0]["mean_diff_lo"] < 0 < s0.iloc[0]["mean_diff_hi"] and s0.iloc[0]["within_2se"] > 0.85
     assert summary.iloc[0]["within_2se"] < s0.iloc[0]["within_2se"]  # the shift is seen
 

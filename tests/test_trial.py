@@ -1,26 +1,12 @@
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from recorder import Recorder
 
 from brainray import trial
 from brainray.prepare import load_dataset
-
-
-class Recorder:
-    """A plain ``report`` that keeps every metrics dict and copies every checkpoint."""
-
-    def __init__(self, tmp_path):
-        self.metrics, self.checkpoints, self.tmp = [], [], tmp_path
-
-    def __call__(self, metrics, checkpoint_dir=None):
-        self.metrics.append(dict(metrics))
-        if checkpoint_dir:
-            dest = self.tmp / f"ckpt-{len(self.checkpoints)}"
-            shutil.copytree(checkpoint_dir, dest)
-            self.checkpoints.append(str(dest))
 
 
 def test_prepared_dataset_is_complete(tiny_dataset, smoke_spec):
