@@ -274,6 +274,10 @@ def wait_for_live_reports() -> None:
 
 
 def _live_report(root: str) -> None:
+    try:  # below the trials: on a small machine the driver shares cores with them (Linux: per-thread nice)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
     with REPORT_LOCK:
         try:
             write_frontier(root, bootstrap=50, log=lambda msg: None)
