@@ -22,9 +22,9 @@ product. The fold's gram and X^T Y come from the full-data ones minus the held-o
 On CPU the primal form skips the eigenvectors (solver 'tridiagonal'): a Householder
 reduction X_s^T X_s = Q T Q^T with T tridiagonal (LAPACK sytrd, about 1/3 of eigh's
 time) gives (X_s^T X_s + alpha I)^{-1} = Q (T + alpha I)^{-1} Q^T, and the tridiagonal
-solve costs O(p) per column. At the paper's scale (6000 TRs, 2048 delayed features,
-1095 parcels, 11 alphas, 1 thread) this cut the fit from ~20 s to ~14 s
-(benchmarks/ridge.py).
+solve costs O(p) per column; the solves of all alphas run as one vectorised sweep. At
+the paper's scale (6000 TRs, 2048 delayed features, 1095 parcels, 11 alphas, 1 thread)
+a fit takes ~13-14 s on a shared 2-core EPYC, vs ~20 s with eigh (benchmarks/ridge.py).
 
 Without per-fold scaling (``standardize=False``) there is a faster exact path: one
 eigendecomposition of all the data, and the held-out residuals of each run k from the
