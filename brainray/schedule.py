@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Branch", "reuse_plan", "segment_at", "cosine_lr", "wsd_lr", "steps_for", "warmup_steps"]
+__all__ = ["Branch", "reuse_plan", "segment_at", "cosine_lr", "wsd_lr", "steps_for", "warmup_steps", "cooldown_start"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ def warmup_steps(warmup_frac: float, max_steps: int) -> int:
     return int(warmup_frac * max_steps)
 
 
+def cooldown_start(max_steps: int, cooldown_frac: float) -> int:
+    """The step where a WSD run of ``max_steps`` starts its cooldown (at least one step of it)."""
+    return max_steps - max(1, round(cooldown_frac * max_steps))
+
+
 def reuse_plan(
     data_frames: list[int], n_pairs: list[int], epochs: int, batch_size: int, cooldown_frac: float
 ) -> list[Branch]:
@@ -70,7 +75,7 @@ def reuse_plan(
     branches, start = [], 0
     for i in order:
         steps = steps_for(n_pairs[i], epochs, batch_size)
-        fork = max(start, steps - max(1, round(cooldown_frac * steps)))
+        fork = max(start, cooldown_start(steps, cooldown_frac))
         branches.append(Branch(int(data_frames[i]), int(n_pairs[i]), steps, fork, start))
         start = fork
     return branches

@@ -32,8 +32,8 @@ def dry_run_table(spec: SweepSpec) -> str:
         spec.data.frame_size // tk.downsample[2]
     )
     reuse = tr.data_schedule == "reuse"
-    rows = []
-    for run in spec.runs():
+    rows, runs = [], spec.runs()
+    for run in runs:
         sizes = run.get("branches") or [run["data_frames"]]
         pairs = [max(1, d // span - 1) for d in sizes]  # one play: an upper bound on the real pairs
         plan = schedule.reuse_plan(sizes, pairs, tr.epochs, tr.batch_size, tr.cooldown_frac) if reuse else None
@@ -54,7 +54,7 @@ def dry_run_table(spec: SweepSpec) -> str:
     if reuse:
         total = (f"{df['incurred_flops'].sum():.3g} training FLOPs with data reuse, against "
                  f"{df['train_flops'].sum():.3g} from scratch ({df['incurred_flops'].sum() / df['train_flops'].sum():.2f}x; "
-                 f"{len(spec.runs())} runs)")
+                 f"{len(runs)} runs)")
     return (
         f"Sweep {spec.name!r} ({spec.source}): {len(df)} trials\n{table}\n"
         f"Total: {total}, {df['gpu_hours'].sum():.3g} GPU-hours (estimate at {_ASSUMED_MFU:.0%} MFU on an H100; "

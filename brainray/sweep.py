@@ -339,9 +339,10 @@ class TensorBoardCallback(tune.Callback):
         from tensorboardX import SummaryWriter
 
         branch = result.get("branch")  # a reuse branch's cooldown gets a run of its own
-        key = f"{trial.trial_id}-d{branch}" if branch else trial.trial_id
+        key = triallog.branch_id(trial.trial_id, branch) if branch else trial.trial_id
         if key not in self._writers:
-            self._writers[key] = SummaryWriter(os.path.join(self.logdir, f"{trial}-d{branch}" if branch else str(trial)))
+            run = triallog.branch_id(str(trial), branch) if branch else str(trial)
+            self._writers[key] = SummaryWriter(os.path.join(self.logdir, run))
         w = self._writers[key]
         for k in self.KEYS:
             v = result.get(k)

@@ -63,7 +63,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
     steps_per_epoch = schedule.steps_for(n_pairs, 1, tr.batch_size)
     max_steps = tr.epochs * steps_per_epoch
     warmup = schedule.warmup_steps(tr.warmup_frac, max_steps)
-    fork = max_steps - max(1, round(tr.cooldown_frac * max_steps))
+    fork = schedule.cooldown_start(max_steps, tr.cooldown_frac)
 
     def get_lr(step: int) -> float:
         if tr.lr_schedule == "wsd":
@@ -77,7 +77,6 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
 
     # -- training loop ----------------------------------------------------------------------
     last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else t.val_loss()
-    lr = get_lr(state["step"])
     while state["epoch"] < tr.epochs:
         order = _epoch_order(n_pairs, t.seed * 1000 + state["epoch"])
         t.start_clock()
