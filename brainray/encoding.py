@@ -426,7 +426,8 @@ class _Tridiagonal:
         p = G.shape[0]
         for j in range(0, p - 1, self.block):
             k = min(self.block, p - 1 - j)
-            V = np.tril(H[j + 1:, j:j + k], -1)
+            V = H[j + 1:, j:j + k].copy()  # only its top (k, k) block holds T's entries
+            V[:k][np.triu_indices(k, 1)] = 0.0
             V[np.arange(k), np.arange(k)] = 1.0  # reflector j + i starts at row j + i + 1
             t = tau[j:j + k].copy()
             V[:, t == 0] = 0.0  # tau = 0 is the identity; v = 0 keeps the transform exact
@@ -835,7 +836,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             s = scale(torch.diagonal(C) / n_t, m, n_t)  # C: centred training gram
             Rs = (c.addr_(m, my, alpha=-n_t) if own else c.addr(m, my, alpha=-n_t)
                   ).div_(s[:, None])
-            C.div_(torch.outer(s, s))  # standardised; the solver may overwrite it
+            C.div_(s[:, None]).div_(s)  # standardised; the solver may overwrite it
             kw = {"overwrite_gram": True} if name == "tridiagonal" else {}
             return m, my, s, RIDGE_SOLVERS[name](None, None, gram=C, cross=Rs, **kw)
 
