@@ -639,7 +639,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
     Each target keeps the alpha with the lowest validation mean squared error averaged
     over folds (ties: the first alpha in ``alphas``), then the model is refitted on all
-    samples with that alpha. All alphas of a fold share one eigendecomposition.
+    samples with that alpha. All alphas of a fold share one factorisation (see ``solver``).
 
     Parameters
     ----------
