@@ -4,8 +4,9 @@
     python benchmarks/trial_throughput.py --paper         # reference model d=576 L=8 H=4, ctx 512 (GPU)
     python benchmarks/trial_throughput.py --compile       # also torch.compile
 
-Times exactly what a trial runs per step (``gpt.next_clip_loss`` forward, backward, clip,
-AdamW step, under the trial's autocast/GradScaler settings) after warm-up steps, and
+Times exactly what a trial runs per step (``gpt.train_step``: forward, the loss read back,
+scaled backward, clip, AdamW step, under the trial's optimiser, autocast/GradScaler and
+TF32 settings) after warm-up steps, and
 writes ``results/benchmarks/trial_throughput.json``. FLOPs are ``train_flops_per_token``
 (checked against FlopCounterMode in tests/test_gpt.py); MFU uses the datasheet peak of
 ``gpt.peak_flops`` and is empty where the peak is unknown (CPUs).
@@ -32,21 +33,15 @@ def measure(d: int, L: int, H: int, dtype: str, V: int, T: int, batch: int, step
     torch.manual_seed(0)
     spec = gpt.GPTSpec(d, L, H, V, T, dropout=0.0)
     model = gpt.build_model(spec).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = gpt.build_optimizer(model, lr=1e-4, weight_decay=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     amp = gpt.autocast_dtype(dtype)
-    loss_fn = torch.compile(gpt.next_clip_loss, static_argnums=(2,)) if compile_ else gpt.next_clip_loss
+    if compile_:  # the transformer body (all but the head and the loss), as a child module
+        model.transformer = torch.compile(model.transformer)
     seq = torch.randint(0, V, (batch, 2 * T), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = loss_fn(model, seq, T)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        gpt.train_step(model, opt, scaler, seq, T, amp, grad_clip=1.0)
 
     for _ in range(3 if not compile_ else 10):
         step()
@@ -78,6 +73,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the trial: fp32 matmuls in TF32
     if args.paper:
         configs, V, T, batch = [(576, 8, 4), (128, 8, 4)], 1024, 256, 64
     else:

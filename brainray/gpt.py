@@ -13,6 +13,7 @@ nanoGPT's ``estimate_mfu`` (PaLM appendix B).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,40 @@ def next_clip_loss(model: GPT2LMHeadModel, seq: torch.Tensor, tokens_per_clip: i
     hidden = model.transformer(input_ids=seq).last_hidden_state  # (B, 2T, C)
     logits = model.lm_head(hidden[:, T - 1 : 2 * T - 1])  # (B, T, V)
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), seq[:, T:].reshape(-1))
+
+
+def build_optimizer(model: GPT2LMHeadModel, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with decay on the weight matrices only (nanoGPT's ``configure_optimizers``),
+    betas (0.9, 0.95); the fused kernel on CUDA (one launch per step instead of several
+    per parameter tensor)."""
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=params[0].is_cuda)
+
+
+def train_step(model: GPT2LMHeadModel, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, seq: torch.Tensor, tokens_per_clip: int,
+               amp_dtype: torch.dtype | None, grad_clip: float) -> float:
+    """One optimiser step on ``seq`` (B, 2T): autocast forward, scaled backward, gradient
+    clipping, step. Returns the loss; a non-finite loss returns before anything is updated.
+
+    Reading the loss is the step's only host sync, taken right after the forward pass so
+    the check costs no second wait at the end of the step.
+    """
+    device_type = seq.device.type
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = next_clip_loss(model, seq, tokens_per_clip)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return value
 
 
 def feature_layer(n_layer: int, relative_depth: float = 5 / 8) -> int:

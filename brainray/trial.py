@@ -223,12 +223,7 @@ class _Trainer:
             dropout=tr.dropout,
         )
         self.model = gpt.build_model(self.spec).to(self.device)
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tr.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tr.lr, betas=(0.9, 0.95),
-        )
+        self.optimizer = gpt.build_optimizer(self.model, tr.lr, tr.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
         T = self.spec.tokens_per_clip
         self.flops_per_token = gpt.train_flops_per_token(
@@ -254,19 +249,12 @@ class _Trainer:
         """One optimiser step at ``lr``; returns the loss (non-finite: nothing was updated)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self.autocast():
-            loss = gpt.next_clip_loss(self.model, batch.to(self.device), self.spec.tokens_per_clip)
-        if not torch.isfinite(loss):
-            return loss.item()
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tr.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state["step"] += 1
-        self.state["train_loss"] = loss.item()
-        return self.state["train_loss"]
+        loss = gpt.train_step(self.model, self.optimizer, self.scaler, batch.to(self.device),
+                              self.spec.tokens_per_clip, self.amp_dtype, self.tr.grad_clip)
+        if math.isfinite(loss):
+            self.state["step"] += 1
+            self.state["train_loss"] = loss
+        return loss
 
     @torch.no_grad()
     def val_loss(self) -> float:

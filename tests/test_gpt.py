@@ -49,6 +49,33 @@ def test_initial_loss_is_log_vocab():
     assert abs(loss - math.log(V)) < 0.05 * math.log(V)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_train_step_learns_and_refuses_non_finite_loss(dtype):
+    """train_step lowers the loss on a repeated batch; a non-finite loss comes back before
+    any parameter or optimiser state changes. Decay applies to matrices only."""
+    torch.manual_seed(0)
+    V, T = 64, 8
+    model = gpt.build_model(gpt.GPTSpec(32, 2, 2, V, T, dropout=0.0))
+    opt = gpt.build_optimizer(model, lr=3e-3, weight_decay=0.1)
+    assert {p.dim() >= 2 for p in opt.param_groups[0]["params"]} == {True}
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    assert {p.dim() for p in opt.param_groups[1]["params"]} == {1}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    seq = torch.randint(0, V, (8, 2 * T))
+    amp = gpt.autocast_dtype(dtype)
+    losses = [gpt.train_step(model, opt, scaler, seq, T, amp, grad_clip=1.0) for _ in range(20)]
+    assert losses[-1] < losses[0] - 0.5
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] = float("nan")  # poisons every forward
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    steps = [s["step"].item() for s in opt.state.values()]
+    assert math.isnan(gpt.train_step(model, opt, scaler, seq, T, amp, grad_clip=1.0))
+    after = model.state_dict()
+    assert all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)
+    assert [s["step"].item() for s in opt.state.values()] == steps
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_heads_must_divide_width():
     with pytest.raises(ValueError, match="n_head=3 does not divide n_embd=16"):
         gpt.GPTSpec(16, 1, 3, 32, 8)
