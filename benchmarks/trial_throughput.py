@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (a trial uses train.threads)")
+    ap.add_argument("--out-suffix", default="", help="added to the output file's name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
@@ -101,7 +102,8 @@ def main() -> None:
         "rows": rows,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    out = OUT.with_name(OUT.stem + ("_paper" if args.paper else "") + f"_{device.type}.json")
+    out = OUT.with_name(OUT.stem + ("_paper" if args.paper else "") + args.out_suffix
+                        + f"_{device.type}.json")
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 

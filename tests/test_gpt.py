@@ -49,19 +49,26 @@ def test_initial_loss_is_log_vocab():
     assert abs(loss - math.log(V)) < 0.05 * math.log(V)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_train_step_learns_and_refuses_non_finite_loss(dtype):
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device,dtype", [
+    ("cpu", "fp32"), ("cpu", "bf16"), pytest.param("cuda", "fp32", marks=_CUDA),
+    pytest.param("cuda", "bf16", marks=_CUDA), pytest.param("cuda", "fp16", marks=_CUDA)])
+def test_train_step_learns_and_refuses_non_finite_loss(device, dtype):
     """train_step lowers the loss on a repeated batch; a non-finite loss comes back before
-    any parameter or optimiser state changes. Decay applies to matrices only."""
+    any parameter or optimiser state changes. Decay applies to matrices only; the fused
+    AdamW runs on CUDA, fp16 through the GradScaler."""
     torch.manual_seed(0)
     V, T = 64, 8
-    model = gpt.build_model(gpt.GPTSpec(32, 2, 2, V, T, dropout=0.0))
+    model = gpt.build_model(gpt.GPTSpec(32, 2, 2, V, T, dropout=0.0)).to(device)
     opt = gpt.build_optimizer(model, lr=3e-3, weight_decay=0.1)
     assert {p.dim() >= 2 for p in opt.param_groups[0]["params"]} == {True}
     assert opt.param_groups[1]["weight_decay"] == 0.0
     assert {p.dim() for p in opt.param_groups[1]["params"]} == {1}
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    seq = torch.randint(0, V, (8, 2 * T))
+    assert opt.defaults["fused"] == (device == "cuda")
+    scaler = torch.amp.GradScaler(device, enabled=dtype == "fp16")
+    seq = torch.randint(0, V, (8, 2 * T), device=device)
     amp = gpt.autocast_dtype(dtype)
     losses = [gpt.train_step(model, opt, scaler, seq, T, amp, grad_clip=1.0) for _ in range(20)]
     assert losses[-1] < losses[0] - 0.5
