@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from brainray import gpt
-from brainray.devices import pick_device
+from brainray.devices import pick_device, use_tf32
 
 OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "trial_throughput.json"
 
@@ -74,8 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as the trial: fp32 matmuls in TF32
+    use_tf32(device)
     if args.paper:
         configs, V, T, batch = [(576, 8, 4), (128, 8, 4)], 1024, 256, 64
     else:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["pick_device"]
+__all__ = ["pick_device", "use_tf32"]
 
 
 def pick_device(device: Any = "auto") -> torch.device:
@@ -23,3 +23,10 @@ def pick_device(device: Any = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"'device' is {device!r} but CUDA is not available; use device='auto' or device='cpu'.")
     return dev
+
+
+def use_tf32(device: torch.device) -> None:
+    """fp32 matmuls in TF32 on CUDA, as trials run them (``gpt.peak_flops``'s fp32 peak is
+    TF32's, so MFU is measured against the arithmetic actually used)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True

@@ -30,6 +30,9 @@ __all__ = [
     "clip_features",
     "peak_flops",
     "autocast_dtype",
+    "autocast",
+    "build_optimizer",
+    "train_step",
 ]
 
 
@@ -141,8 +144,7 @@ def train_step(model: GPT2LMHeadModel, optimizer: torch.optim.Optimizer,
     Reading the loss is the step's only host sync, taken right after the forward pass so
     the check costs no second wait at the end of the step.
     """
-    device_type = seq.device.type
-    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with autocast(seq.device.type, amp_dtype):
         loss = next_clip_loss(model, seq, tokens_per_clip)
     value = loss.item()
     if not math.isfinite(value):
@@ -214,4 +216,9 @@ def autocast_dtype(dtype: str) -> torch.dtype | None:
     if dtype not in _AUTOCAST:
         raise ValueError(f"'dtype' must be one of {sorted(_AUTOCAST)}; got {dtype!r}.")
     return _AUTOCAST[dtype]
+
+
+def autocast(device_type: str, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """The autocast context of a trial's dtype (``autocast_dtype``); off for fp32."""
+    return torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None)
 

@@ -32,7 +32,7 @@ import torch
 
 from brainray import encoding, gpt, schedule
 from brainray.config import TrainSpec
-from brainray.devices import pick_device
+from brainray.devices import pick_device, use_tf32
 from brainray.prepare import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
@@ -211,8 +211,7 @@ class _Trainer:
         self.device = pick_device(tr.device)
         self.dtype = config["dtype"]
         self.amp_dtype = gpt.autocast_dtype(self.dtype)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 trials use TF32 matmuls (peak table assumes it)
+        use_tf32(self.device)
         self.seed = int(config["seed"])
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
@@ -242,9 +241,6 @@ class _Trainer:
         }
         self._t0 = 0.0
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
     def step(self, batch: torch.Tensor, lr: float) -> float:
         """One optimiser step at ``lr``; returns the loss (non-finite: nothing was updated)."""
         for group in self.optimizer.param_groups:
@@ -262,7 +258,7 @@ class _Trainer:
         losses = []
         bs = self.tr.batch_size
         for b in range(0, min(len(self.val_seqs), self.tr.val_batches * bs), bs):
-            with self.autocast():
+            with gpt.autocast(self.device.type, self.amp_dtype):
                 seq = self.val_seqs[b : b + bs].to(self.device)
                 losses.append(gpt.next_clip_loss(self.model, seq, self.spec.tokens_per_clip).item())
         self.model.train()
