@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import tempfile
 import threading
@@ -40,13 +41,14 @@ import ray
 from ray import tune
 
 import brainray
+from brainray import locks, reaper
 from brainray import prepare as prep
 from brainray import trial as trial_mod
 from brainray import triallog
-from brainray.config import SweepSpec
+from brainray.config import SweepSpec, stable_hash
 
 __all__ = [
-    "run_sweep", "trial_resources", "check_resources", "TrialLogCallback", "write_frontier",
+    "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback", "write_frontier",
     "EXPERIMENT", "SEARCHES",
 ]
 
@@ -63,6 +65,7 @@ def trainable(config: dict[str, Any]) -> None:
     """Tune function trainable: flatten the grid point, resume, run the plain trial."""
     for name in _CHECKPOINT_LOGGERS:  # one "Checkpoint successfully created" line per epoch is noise
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault(*_REUSE_WAIT)  # read by Tune in this process when it reuses it for the next trial
     flat = {**{k: v for k, v in config.items() if k != "trial"}, **config["trial"]}
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -160,9 +163,15 @@ def check_resources(
 class TrialLogCallback(tune.Callback):
     """Writes one trial-log row per finished or failed trial, and its curve points.
 
-    Runs in the driver on Tune's control loop, so writes never race. Rows already on
-    storage (from before a resume) are not written again; curves are flushed every
-    ``flush_s`` seconds so a killed driver loses at most that much.
+    The log is the truth about what ran. A row is written when a trial's function returns
+    (its final result has ``done``: ``TERMINATED``, or ``ERROR`` if it diverged) or when Tune
+    gives up on it (``ERROR``). A trial stopped on the way (Ctrl-C, a killed driver) or never
+    started gets no row: running the same command again resumes it. A ``TERMINATED`` row is
+    final and never written again; an ``ERROR`` row is superseded when a rerun finishes the
+    trial. ``unfinished`` lists, at the end, the Tune trials that neither finished nor failed.
+
+    Runs in the driver on Tune's control loop, so writes never race. Curves are flushed
+    every ``flush_s`` seconds so a killed driver loses at most that much.
     """
 
     def __init__(self, root: str, sweep: str, flush_s: float = 30.0, live_report: bool = True):
@@ -170,14 +179,16 @@ class TrialLogCallback(tune.Callback):
         self._curves: dict[str, list[dict[str, Any]]] = {}
         self._started: dict[str, str] = {}
         self._last_flush = time.time()
-        self._logged: set[str] | None = None
+        self._final_ids: set[str] | None = None
+        self._written: set[str] = set()
         self._report_thread: threading.Thread | None = None
+        self.unfinished: list[str] = []
 
     def __getstate__(self):  # Tune pickles callbacks into its experiment state
         return {**self.__dict__, "_report_thread": None}
 
     def setup(self, **info):
-        self._logged = triallog.logged_trial_ids(self.root)
+        self._final_ids = triallog.final_trial_ids(self.root)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started.setdefault(trial.trial_id, _now())
@@ -194,22 +205,23 @@ class TrialLogCallback(tune.Callback):
             self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        self._close(trial, "ERROR" if result.get("error") else "TERMINATED", result.get("error"))
+        if _finished(trial):  # its function returned, with its final metrics
+            self._close(trial, *_outcome(trial))
+        # else: stopped on the way (the sweep was interrupted); no row, it resumes next time
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, "ERROR", _error_text(trial))
 
     def on_experiment_end(self, trials, **info):
-        # Safety net: every trial of the experiment gets its row, even if Tune ended it
-        # without a complete/error event reaching this callback (e.g. around a lost node).
+        # Safety net for events that did not reach this callback (e.g. around a lost node);
+        # trials that are neither finished nor failed are listed, not logged.
         for trial in trials:
-            result = trial.last_result or {}
-            if trial.status == "TERMINATED" and not result.get("error"):
-                self._close(trial, "TERMINATED", None)
-            else:
-                self._close(trial, "ERROR", f"ended {trial.status}: {result.get('error') or _error_text(trial)}")
+            if trial.status == "ERROR":
+                self._close(trial, "ERROR", f"ended ERROR: {_error_text(trial)}")
+            elif _finished(trial):
+                self._close(trial, *_outcome(trial))
         self._flush()
+        self.unfinished = [t.trial_id for t in trials if not (t.status == "ERROR" or _finished(t))]
 
     def _flush(self):
         for trial_id, rows in self._curves.items():
@@ -232,9 +244,9 @@ class TrialLogCallback(tune.Callback):
             self._final(trial, triallog.branch_id(trial.trial_id, d), {"data_frames": d}, "ERROR", why)
 
     def _final(self, trial, row_id: str, result: dict[str, Any], status: str, error: str | None):
-        if self._logged is None:
-            self._logged = triallog.logged_trial_ids(self.root)
-        if row_id in self._logged:
+        if self._final_ids is None:
+            self._final_ids = triallog.final_trial_ids(self.root)
+        if row_id in self._final_ids or row_id in self._written:
             return
         self._flush()
         config = dict(trial.config)
@@ -248,8 +260,10 @@ class TrialLogCallback(tune.Callback):
         }
         if config["trial"].get("branches"):
             row.update(data_frames=result["data_frames"], parent_trial=trial.trial_id, data_schedule="reuse")
-        triallog.write_trial(self.root, row)
-        self._logged.add(row_id)
+        triallog.write_trial(self.root, row)  # supersedes an ERROR row of this trial from an earlier run
+        self._written.add(row_id)
+        if status == "TERMINATED":
+            self._final_ids.add(row_id)
         if self.live_report:
             self._refresh_report()
 
@@ -366,6 +380,16 @@ class TensorBoardCallback(tune.Callback):
             _upload(self.logdir, self.upload_to)
 
 
+def _finished(trial) -> bool:
+    """The trial's function returned: its last result is final (``done``), as the trial reported it."""
+    return trial.status == "TERMINATED" and bool((trial.last_result or {}).get("done"))
+
+
+def _outcome(trial) -> tuple[str, str | None]:
+    error = (trial.last_result or {}).get("error")  # a diverged trial returns with an error
+    return ("ERROR" if error else "TERMINATED"), error
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -399,9 +423,62 @@ def _ray_map(fn: Callable, items) -> list:
 
 
 @ray.remote(num_cpus=1)
-def _prepare_task(spec: SweepSpec, root: str) -> str:
-    prep.prepare(spec, root, map_fn=_ray_map)
+def _prepare_task(spec: SweepSpec, root: str, lines) -> str:
+    """Prepare (or find) the dataset, one prepare per dataset at a time: sweeps that share it wait.
+
+    Log lines go to the driver through ``lines`` (a Ray queue), so they print in order, before
+    the driver's own "ready".
+    """
+    with locks.exclusive(f"{root}.lock", f"the dataset {root}", wait=True, log=lines.put):
+        prep.prepare(spec, root, map_fn=_ray_map, log=lines.put)
     return root
+
+
+def _prepare(spec: SweepSpec, data_root: str, log: Log) -> prep.Dataset:
+    from ray.util.queue import Queue
+
+    lines = Queue(actor_options={"num_cpus": 0})
+    try:
+        task = _prepare_task.remote(spec, data_root, lines)
+        while True:
+            done, _ = ray.wait([task], timeout=0.5)
+            while not lines.empty():
+                log(lines.get())
+            if done:
+                break
+        ray.get(task)  # raises the prepare's own error
+    finally:
+        lines.shutdown()
+    return prep.load_dataset(data_root)
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial finished (Ctrl-C, a stop signal); its log is partial."""
+
+
+# Tune's end-of-run lines that are wrong for brainray: the way to resume is the same command.
+_TUNE_NOISE = ("Tuner.restore", "Failed to fetch metrics", "Trials did not complete")
+
+
+class _QuietTune(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(s in record.getMessage() for s in _TUNE_NOISE)
+
+
+def _quiet_tune() -> None:
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietTune) for f in logger.filters):
+            logger.addFilter(_QuietTune())
+
+
+# Tune waits this long (default 2 s) for a finished trial's thread before reusing its actor,
+# and fails the next trial when it misses it, which a busy machine does. A finished trial's
+# thread always ends (it only frees memory), so waiting for it is safe.
+_REUSE_WAIT = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
+
+# What --fresh may delete under a sweep folder: what brainray writes there, nothing else.
+RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", "trials", "curves", "tensorboard", "frontier", "spec.json")
 
 
 def run_sweep(
@@ -420,8 +497,9 @@ def run_sweep(
     """Prepare, run every trial of ``spec`` on Ray Tune, and return the sweep folder (path or URI).
 
     Re-running resumes: trials already finished are not re-run, unfinished ones continue
-    from their last checkpoint. ``fresh`` deletes the sweep's previous results (the
-    prepared dataset, keyed by its settings, is kept).
+    from their last checkpoint, failed ones are tried again. ``fresh`` deletes the sweep's
+    previous results (the prepared dataset, keyed by its settings, is kept). One driver
+    per sweep: a second one on the same ``<storage>/<name>`` raises ``locks.LockHeld``.
 
     Parameters
     ----------
@@ -444,6 +522,11 @@ def run_sweep(
         hand a retried trial to the dead node's cached actor again and burn its retries in the
         same second (seen in ``tests/test_cluster_live.py``), and cluster trials are long enough
         that a process start is a small share of them.
+
+    Raises
+    ------
+    SweepInterrupted
+        If the sweep stopped before every trial finished; the same call resumes it.
     """
     if reuse_actors is None:
         reuse_actors = address is None
@@ -459,34 +542,83 @@ def run_sweep(
     root = f"{str(storage).rstrip('/')}/{spec.name}"
     data_root = _data_root(root, storage, data_dir, spec)
     fs, base = triallog.filesystem(root)
-    if fresh and fs.get_file_info(base).type == pafs.FileType.Directory:
-        for child in fs.get_file_info(pafs.FileSelector(base)):
-            if child.path.rstrip("/") == str(Path(data_root).parent):
-                continue  # the prepared dataset is kept
-            fs.delete_dir(child.path) if child.type == pafs.FileType.Directory else fs.delete_file(child.path)
-        log(f"[sweep] --fresh: removed previous results in {root}")
     fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(f"{base}/spec.json") as f:
-        f.write(json.dumps(spec.to_dict(), indent=1, default=str).encode())
+    lock = f"{base}/.driver.lock" if not triallog.is_uri(root) else \
+        str(Path(data_root).parent / f".driver-{stable_hash(root)}.lock")
+    with locks.exclusive(lock, f"the sweep {root}"):
+        if fresh:
+            _remove_results(fs, base)
+            log(f"[sweep] --fresh: removed previous results in {root} ({', '.join(RESULT_ENTRIES)})")
+        with fs.open_output_stream(f"{base}/spec.json") as f:
+            f.write(json.dumps(spec.to_dict(), indent=1, default=str).encode())
+        if not ray.is_initialized():
+            _start_ray(address, num_cpus)
+        cluster = ray.cluster_resources()
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        check_resources(spec, nodes, joined=address is not None, log=log)
+        log(f"[sweep] Ray cluster: {len(nodes)} nodes, {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs")
 
-    if not ray.is_initialized():
-        # No --address: always a new local instance ("local"). A bare ray.init() would join any
-        # `ray start` cluster recorded in /tmp/ray/ray_current_cluster (another user's, or one
-        # left by a killed driver) and then refuse num_cpus.
-        ray.init(address=address or "local", num_cpus=None if address else num_cpus, log_to_driver=True,
-                 include_dashboard=False if address is None else None)
-    cluster = ray.cluster_resources()
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    check_resources(spec, nodes, joined=address is not None, log=log)
-    log(f"[sweep] Ray cluster: {len(nodes)} nodes, {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs")
+        t0 = time.perf_counter()
+        log(f"[prepare] dataset {data_root}")
+        dataset = _prepare(spec, data_root, log)
+        spec.validate(max_data_frames=dataset.train_frames)
+        log(f"[prepare] ready in {time.perf_counter() - t0:.0f} s ({dataset.train_frames} training frames)")
+        _run_trials(spec, root, data_root, cluster, search, samples, reuse_actors, log)
+    return root
 
-    t0 = time.perf_counter()
-    log(f"[prepare] dataset {data_root}")
-    ray.get(_prepare_task.options(runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}}).remote(spec, data_root))
-    dataset = prep.load_dataset(data_root)
-    spec.validate(max_data_frames=dataset.train_frames)
-    log(f"[prepare] ready in {time.perf_counter() - t0:.0f} s ({dataset.train_frames} training frames)")
 
+def _remove_results(fs: pafs.FileSystem, base: str) -> None:
+    """Delete what brainray wrote in a sweep folder (``RESULT_ENTRIES``); the dataset and anything else stay."""
+    for name in RESULT_ENTRIES:
+        info = fs.get_file_info(f"{base}/{name}")
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    """A new local instance without ``address``; else join it, failing fast if it cannot be reached.
+
+    A bare ``ray.init()`` would join any `ray start` cluster recorded in
+    /tmp/ray/ray_current_cluster (another user's, or one left by a killed driver) and then
+    refuse num_cpus, so no address always means "local".
+    """
+    os.environ.setdefault(*_REUSE_WAIT)  # a local instance's workers inherit it
+    if address is None:
+        ctx = ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, include_dashboard=False,
+                       runtime_env={"env_vars": dict([_REUSE_WAIT])})
+        reaper.watch(os.getpid(), ctx.address_info["session_dir"])
+        return
+    _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict([_REUSE_WAIT])})
+    except ConnectionError as e:
+        raise ValueError(f"--address {address}: {e}") from e
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse an address whose GCS port does not answer (``ray.init`` would retry it for minutes)."""
+    if address == "auto":
+        return  # ray.init finds the local cluster's address or says that none runs
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r} must be 'auto', HOST:PORT or ray://HOST:PORT.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ValueError(
+            f"--address {address}: nothing answers at {host}:{port} ({e}). Check that the head node runs "
+            "`ray start --head` (GCS port 6379 by default; 10001 for ray://), that this machine can reach "
+            "that port, and that RAY_AUTH_MODE and the auth token match the cluster's."
+        ) from None
+
+
+def _run_trials(
+    spec: SweepSpec, root: str, data_root: str, cluster: dict[str, float], search: str, samples: int,
+    reuse_actors: bool, log: Log,
+) -> None:
     constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train)}
     if search == "grid":
         trials = spec.runs()
@@ -506,34 +638,33 @@ def run_sweep(
         search_alg = OptunaSearch(space=space, metric="val_loss", mode="min", seed=int(spec.axes.reference["seed"]))
         param_space, num_samples, name = constants, samples, f"{EXPERIMENT}-optuna"
 
+    trial_log = TrialLogCallback(root, spec.name)
     local_tb = str(Path(tempfile.gettempdir()) / "brainray-tensorboard" / spec.name) if triallog.is_uri(root) else None
-    run_config = tune.RunConfig(
-        name=name,
-        storage_path=root,
-        failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[
-            TrialLogCallback(root, spec.name),
-            TensorBoardCallback(local_tb or f"{root}/tensorboard", upload_to=local_tb and f"{root}/tensorboard"),
-        ],
-        progress_reporter=_Reporter(
-            metric_columns={"step": "step", "val_loss": "val loss", "brain_r_mean": "brain r", "eta_s": "ETA s"},
-            parameter_columns={
-                "trial/data_frames": "frames", "trial/n_embd": "width", "trial/n_layer": "layers",
-                "trial/n_head": "heads", "trial/dtype": "dtype",
-            },
-            max_report_frequency=30,
-            sort_by_metric=False,
-        ),
-        verbose=1,
+    callbacks = [
+        trial_log,
+        TensorBoardCallback(local_tb or f"{root}/tensorboard", upload_to=local_tb and f"{root}/tensorboard"),
+    ]
+    reporter = _Reporter(
+        metric_columns={"step": "step", "val_loss": "val loss", "brain_r_mean": "brain r", "eta_s": "ETA s"},
+        parameter_columns={
+            "trial/data_frames": "frames", "trial/n_embd": "width", "trial/n_layer": "layers",
+            "trial/n_head": "heads", "trial/dtype": "dtype",
+        },
+        max_report_frequency=30,
+        sort_by_metric=False,
     )
     fn = tune.with_resources(trainable, trial_resources(spec, cluster))
     exp_path = f"{root}/{name}"
     if tune.Tuner.can_restore(exp_path):
-        log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished ones resume from checkpoints")
+        log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished and failed ones run again "
+            "(from their checkpoints)")
         tuner = tune.Tuner.restore(
             exp_path, trainable=fn, resume_errored=True, param_space=param_space if search == "grid" else None
         )
+        # The restored run config holds the callbacks pickled by the first run, with the paths
+        # of that run: a sweep folder moved or copied since would be written at its old place.
+        restored = tuner._local_tuner.get_run_config()
+        restored.callbacks, restored.progress_reporter = callbacks, reporter
     else:
         tuner = tune.Tuner(
             fn,
@@ -542,13 +673,27 @@ def run_sweep(
                 metric="val_loss", mode="min", search_alg=search_alg, num_samples=num_samples,
                 max_concurrent_trials=spec.resources.max_concurrent_trials or None, reuse_actors=reuse_actors,
             ),
-            run_config=run_config,
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=root,
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=callbacks,
+                progress_reporter=reporter,
+                verbose=1,
+            ),
         )
+    _quiet_tune()
     t0 = time.perf_counter()
     tuner.fit()
     wait_for_live_reports()
+    if trial_log.unfinished:
+        raise SweepInterrupted(
+            f"the sweep {root} stopped before {len(trial_log.unfinished)} of its trials finished "
+            f"({', '.join(trial_log.unfinished[:6])}{' ...' if len(trial_log.unfinished) > 6 else ''}). "
+            "They have no row in the trial log yet."
+        )
     log(f"[sweep] trials done in {time.perf_counter() - t0:.0f} s")
-    return root
 
 
 def _data_root(root: str, storage: str, data_dir: str | None, spec: SweepSpec) -> str:
@@ -566,33 +711,16 @@ def _data_root(root: str, storage: str, data_dir: str | None, spec: SweepSpec) -
     return str(Path(data_dir) / spec.data_key())
 
 
-class _OptunaSpace:
-    """Optuna define-by-run space: ``n_embd`` and ``data_frames`` log-uniform, other axes at the reference.
+class _OptunaSpace(brainray.config.SearchSpace):
+    """Optuna define-by-run form of ``config.SearchSpace`` (its ranges, which ``--dry-run`` prints).
 
-    ``n_embd`` is drawn as a whole number of heads (``n_embd = k * n_head``), so ``n_head``
-    always divides it. A class, not a closure: the searcher is pickled into the experiment state.
+    A class, not a closure: the searcher is pickled into the experiment state.
     """
-
-    def __init__(self, spec: SweepSpec):
-        ax = spec.axes
-        self.reference = dict(ax.reference)
-        self.n_head = int(self.reference["n_head"])
-        self.k_range = (max(1, math.ceil(min(ax.n_embd) / self.n_head)), max(1, max(ax.n_embd) // self.n_head))
-        self.frames_range = (min(ax.data_frames), max(ax.data_frames))
-        if self.k_range[0] > self.k_range[1]:
-            raise ValueError(
-                f"{spec.source}: no multiple of n_head={self.n_head} lies in axes.n_embd's range "
-                f"[{min(ax.n_embd)}, {max(ax.n_embd)}]; widen axes.n_embd or change axes.reference.n_head."
-            )
 
     def __call__(self, trial) -> dict[str, Any]:
         k = trial.suggest_int("n_embd_per_head", *self.k_range, log=True)
         frames = trial.suggest_int("data_frames", *self.frames_range, log=True)
         return {"trial": {**self.reference, "n_embd": k * self.n_head, "data_frames": frames}}
-
-    def __repr__(self) -> str:
-        lo, hi = (k * self.n_head for k in self.k_range)
-        return f"n_embd in [{lo}, {hi}] (multiples of n_head={self.n_head}), data_frames in {list(self.frames_range)}"
 
 
 class _Reporter(tune.CLIReporter):

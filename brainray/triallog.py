@@ -1,9 +1,12 @@
 """The Parquet trial log: one immutable part file per finished or failed trial, plus curves.
 
 Writes go to a temp name and are renamed into place, so a reader never sees half a file
-and a crashed driver never leaves one behind. Files are immutable, so re-runs and
-resumes add files rather than edit them; readers deduplicate (one row per ``trial_id``,
-newest first; one curve point per ``(trial_id, step)``). Paths may be local or URIs
+and a crashed driver never leaves one behind. Files are immutable: a rerun that finishes a
+trial whose row is an ``ERROR`` writes a new part and moves the old one to
+``trials/_superseded/``, which ``pandas.read_parquet`` and pyarrow skip (a leading ``_``), so a
+plain read of the folder and ``read_trials`` agree on one row per ``trial_id``. Readers still
+deduplicate (newest row per ``trial_id``; one curve point per ``(trial_id, step)``), which
+covers a driver killed between the write and the move. Paths may be local or URIs
 (``s3://``, ``gs://``) through pyarrow filesystems. This module knows nothing of Ray.
 """
 
@@ -28,6 +31,8 @@ __all__ = [
     "read_trials",
     "read_curves",
     "logged_trial_ids",
+    "final_trial_ids",
+    "SUPERSEDED",
     "filesystem",
     "is_uri",
     "branch_id",
@@ -113,11 +118,41 @@ def branch_id(trial_id: str, data_frames: int) -> str:
     return f"{trial_id}-d{int(data_frames)}"
 
 
+SUPERSEDED = "_superseded"  # under trials/: parts replaced by a later row of the same trial
+
+
 def write_trial(root: str, row: dict[str, Any]) -> str:
-    """Write one trial's row as its own part file; returns the file path."""
+    """Write one trial's row as its own part file, superseding its earlier parts; returns the path.
+
+    The new part is in place before the old ones move aside, so a crash in between leaves
+    two parts, of which readers take the newer.
+    """
     row = {**row, "written_at": time.time()}
     name = f"trial-{row['trial_id']}-{int(row['written_at'] * 1e3)}"
-    return _write(root, "trials", name, _table([row], TRIAL_SCHEMA))
+    path = _write(root, "trials", name, _table([row], TRIAL_SCHEMA))
+    fs, base = _fs(root)
+    folder = f"{base.rstrip('/')}/trials"
+    old = [f for f in _parts(fs, folder) if _part_trial_id(f.base_name) == row["trial_id"] and f.path != path]
+    if old:
+        fs.create_dir(f"{folder}/{SUPERSEDED}", recursive=True)
+        for f in old:
+            fs.move(f.path, f"{folder}/{SUPERSEDED}/{f.base_name}")
+    return path
+
+
+def _part_trial_id(file_name: str) -> str:
+    """``trial-<trial_id>-<ms>.parquet`` -> ``<trial_id>`` (ids contain ``-`` for reuse branches)."""
+    return file_name.removeprefix("trial-").removesuffix(".parquet").rsplit("-", 1)[0]
+
+
+def _parts(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    """The current part files of a log folder (not temp files, not ``_superseded/``)."""
+    if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+        return []
+    return [
+        f for f in fs.get_file_info(pafs.FileSelector(folder))
+        if f.type == pafs.FileType.File and f.base_name.endswith(".parquet") and not f.base_name.startswith((".", "_"))
+    ]
 
 
 def write_curves(root: str, trial_id: str, rows: Iterable[dict[str, Any]]) -> str | None:
@@ -127,6 +162,24 @@ def write_curves(root: str, trial_id: str, rows: Iterable[dict[str, Any]]) -> st
         return None
     name = f"curve-{trial_id}-{uuid.uuid4().hex[:8]}"
     return _write(root, "curves", name, _table(rows, CURVE_SCHEMA))
+
+
+class CorruptLogError(ValueError):
+    """A trial-log part file that cannot be read (truncated, or not Parquet).
+
+    Raised rather than skipped: a dropped part would silently drop a trial from the record.
+    """
+
+
+def _unreadable(fs: pafs.FileSystem, files: list[str]) -> list[str]:
+    """``"path: why"`` for each part that does not read whole (its footer may, its data not)."""
+    bad = []
+    for f in files:
+        try:
+            pq.read_table(f, filesystem=fs)
+        except (pa.ArrowException, OSError) as err:
+            bad.append(f"{f}: {err}")
+    return bad
 
 
 def _read(root: str, sub: str) -> pd.DataFrame:
@@ -141,9 +194,27 @@ def _read(root: str, sub: str) -> pd.DataFrame:
     ]
     if not files:
         return pd.DataFrame()
-    # Part files may differ in their per-subject columns: unify by name.
-    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
-    return pads.dataset(files, schema=schema, filesystem=fs, format="parquet").to_table().to_pandas()
+    schemas, bad = [], []
+    for f in files:  # a truncated part (e.g. a partial copy) has no footer: found here, cheaply
+        try:
+            schemas.append(pq.read_schema(f, filesystem=fs))
+        except (pa.ArrowException, OSError) as err:
+            bad.append(f"{f}: {err}")
+    if not bad:
+        # Part files may differ in their per-subject columns: unify by name.
+        schema = pa.unify_schemas(schemas)
+        try:
+            return pads.dataset(files, schema=schema, filesystem=fs, format="parquet").to_table().to_pandas()
+        except (pa.ArrowException, OSError):
+            bad = _unreadable(fs, files)
+            if not bad:
+                raise
+    raise CorruptLogError(
+        f"{len(bad)} trial-log part file(s) in {folder} cannot be read (truncated or not Parquet):\n  "
+        + "\n  ".join(bad)
+        + "\nMove each aside (e.g. rename it to end in .parquet.corrupt, which readers skip) and read "
+        "again; the row or curve it held is then missing from the log, so re-run that trial if you need it."
+    )
 
 
 def read_trials(root: str) -> pd.DataFrame:
@@ -168,6 +239,15 @@ def read_curves(root: str) -> pd.DataFrame:
 
 
 def logged_trial_ids(root: str) -> set[str]:
-    """Trial ids that already have a row (used to skip double writes after a resume)."""
+    """Trial ids that have a row, of any status."""
     df = read_trials(root)
     return set() if df.empty else set(df["trial_id"])
+
+
+def final_trial_ids(root: str) -> set[str]:
+    """Trial ids whose row is final (``TERMINATED``): a resume never writes them again.
+
+    An ``ERROR`` row is not final: a rerun that finishes the trial supersedes it.
+    """
+    df = read_trials(root)
+    return set() if df.empty else set(df.loc[df["status"] == "TERMINATED", "trial_id"])

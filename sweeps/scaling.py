@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(dry_run_table(spec))
+        try:
+            print(dry_run_table(spec, search=args.search, samples=args.samples))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
@@ -65,15 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     # current directory (ray-project/ray#52343); every path here is absolute, so leave it.
     os.chdir(Path.home())
     print(f"[brainray] sweep {spec.name!r} from {spec.source} -> {storage}/{spec.name}")
+    from brainray.locks import LockHeld
+    from brainray.sweep import SweepInterrupted
+
+    given = sys.argv[1:] if argv is None else argv
+    again = " ".join(shlex.quote(a) for a in ["python", sys.argv[0], *(a for a in given if a != "--fresh")])
     try:
         root = run_sweep(
             spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus,
             data_dir=data_dir, search=args.search, samples=args.samples,
             reuse_actors={"auto": None, "on": True, "off": False}[args.reuse_actors],
         )
-    except ValueError as e:
+    except (ValueError, LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (SweepInterrupted, KeyboardInterrupt) as e:
+        what = str(e) or "the sweep was interrupted before its trials finished"
+        print(f"\n[brainray] interrupted: {what}\n[brainray] to resume, run the same command:\n  {again}",
+              file=sys.stderr)
+        return 130
     if not args.no_report:
         from brainray.sweep import REPORT_LOCK, write_frontier
 
