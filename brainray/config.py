@@ -10,10 +10,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -31,6 +34,9 @@ __all__ = [
     "AXES",
     "stable_hash",
     "check_storage",
+    "check_search",
+    "SearchSpace",
+    "SEARCHES",
     "DATA_SOURCES",
 ]
 
@@ -39,10 +45,75 @@ AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 DTYPES = ("fp32", "fp16", "bf16")
 DATA_SOURCES = ("simulated", "cneuromod")
 DATA_SCHEDULES = ("scratch", "reuse")
+SEARCHES = ("grid", "optuna")
+# Mirrors of other modules' constants (tests/test_config.py checks them): config imports no emulator.
+_POLICIES = ("scripted", "random")  # brainray.gameplay.POLICIES
+_SIM_SUBJECTS = 4  # len(brainray.simbrain.SUBJECTS)
+_FPS = 60.0  # Hz of the recorded gameplay (brainray.prepare.FPS)
 
 
 class SpecError(ValueError):
     """A sweep spec is invalid; the message lists every problem found."""
+
+
+# -- field rules: "'section.key' must be <what>; got VALUE" ---------------------------------------
+@dataclass(frozen=True)
+class _Rule:
+    """What a setting must be: the text for the message, and the test."""
+
+    what: str
+    ok: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # YAML true is not 1
+
+
+def _is_real(v: Any) -> bool:
+    """A finite int or float: NaN and inf pass no range test worth having."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(low: int, high: int | None = None, why: str = "") -> _Rule:
+    """An integer in ``[low, high]``; ``why`` says in the message where the bound comes from."""
+    what = (f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]") + (f" ({why})" if why else "")
+    return _Rule(what, lambda v: _is_int(v) and low <= v and (high is None or v <= high))
+
+
+def _real(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False) -> _Rule:
+    """A finite number from ``low`` (up to ``high``); ``open_*`` leave that end out."""
+    if high is None:
+        what = f"a finite number {'>' if open_low else '>='} {low:g}"
+    else:
+        what = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+    def ok(v: Any) -> bool:
+        above = _is_real(v) and (v > low if open_low else v >= low)
+        return above and (high is None or (v < high if open_high else v <= high))
+
+    return _Rule(what, ok)
+
+
+def _one_of(options: tuple[str, ...]) -> _Rule:
+    return _Rule(f"one of {list(options)}", lambda v: isinstance(v, str) and v in options)
+
+
+_TEXT = _Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
+_POSITIVE = _real(0, open_low=True)
+_NON_NEGATIVE = _real(0)
+_FRACTION = _real(0, 1, open_low=True, open_high=True)
+
+
+def _check(section: str, obj: Any, rules: dict[str, _Rule]) -> list[str]:
+    """The message of every field of ``obj`` that breaks its rule (a tuple shown as the YAML list it was)."""
+    return [
+        f"'{section}.{key}' must be {rule.what}; got {_shown(getattr(obj, key))!r}"
+        for key, rule in rules.items() if not rule.ok(getattr(obj, key))
+    ]
+
+
+def _shown(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass
@@ -83,18 +154,28 @@ class DataSpec:
     val_fraction: float = 0.05
 
     def problems(self) -> list[str]:
-        """Every problem of these settings, as messages naming the field and value."""
-        p: list[str] = []
+        """Every problem of these settings, as messages naming the field and value.
+
+        Only the fields of the chosen ``source`` are checked: the other source's are unused.
+        """
         if self.source not in DATA_SOURCES:
             allowed = "{" + ", ".join(map(repr, DATA_SOURCES)) + "}"
             return [f"'data.source' must be one of {allowed}; got {self.source!r}"]
-        if self.frame_size < 1:
-            p.append(f"'data.frame_size' must be >= 1; got {self.frame_size}")
+        # seeds feed numpy's generators, which refuse negative seeds
+        p = _check("data", self, {"game": _TEXT, "frame_size": _int(1), "seed": _int(0)})
         if self.source == "simulated":
-            if self.n_runs < 3:
-                p.append(f"'data.n_runs'={self.n_runs}: run-wise scoring needs at least 3 runs per subject")
-            if self.n_subjects < 1:
-                p.append(f"'data.n_subjects' must be >= 1; got {self.n_subjects}")
+            p += _check("data", self, {
+                "policy": _one_of(_POLICIES),
+                "train_replays": _int(1), "replay_frames": _int(1), "val_replays": _int(1),
+                "n_subjects": _int(1, _SIM_SUBJECTS, why="the simulated brain's subjects"),
+                "n_runs": _int(3, why="run-wise scoring holds one run out and cross-validates on two more"),
+                "run_vols": _int(1),
+                "n_parcels": _int(4, why="one parcel of each type the simulated brain has"),
+                "tr": _POSITIVE,
+            })
+            if self.policy == "scripted" and not str(self.game).startswith("Airstriker-Genesis"):
+                p.append(f"'data.policy' scripted plays only Airstriker-Genesis; got 'data.game' {self.game!r}. "
+                         "Use data.policy: random for another game")
             return p
         for name, required, kind, what in (
             ("bids_root", True, "folder", "your CNeuroMod shinobi BIDS dataset"),
@@ -115,9 +196,7 @@ class DataSpec:
                 f"'data.subjects' must be a list of names such as 'sub-01' or '01' (quote them in YAML); "
                 f"got {self.subjects!r}"
             )
-        if not 0 < self.val_fraction < 1:
-            p.append(f"'data.val_fraction' must be in (0, 1); got {self.val_fraction!r}")
-        return p
+        return p + _check("data", self, {"task": _TEXT, "val_fraction": _FRACTION})
 
 
 @dataclass
@@ -133,6 +212,21 @@ class TokenizerSpec:
     embedding_dim: int = 32
     steps: int = 300
     batch_size: int = 16
+
+    def problems(self) -> list[str]:
+        """Every problem of these settings (the rules of ``brainray.vqvae.VQVAEConfig``, by key)."""
+        return _check("tokenizer", self, {
+            "clip_frames": _int(1), "time_downsample": _int(1),
+            "downsample": _Rule(
+                "3 powers of 2 for (T, H, W), at least one of them >= 2",
+                lambda v: len(v) == 3 and all(_is_int(d) and d >= 1 and not d & (d - 1) for d in v) and max(v) >= 2,
+            ),
+            "n_hiddens": _Rule("an even integer >= 2 (the residual bottleneck halves it)",
+                               lambda v: _is_int(v) and v >= 2 and v % 2 == 0),
+            "n_res_layers": _int(0),
+            "n_codes": _int(2, 2**15, why="tokens are stored as int16"),
+            "embedding_dim": _int(1), "steps": _int(1), "batch_size": _int(1),
+        })
 
 
 @dataclass
@@ -165,7 +259,22 @@ class TrainSpec:
             self.lr_schedule = "wsd" if self.data_schedule == "reuse" else "cosine"
 
     def problems(self) -> list[str]:
-        p = []
+        """Every problem of these settings, as messages naming the field and value."""
+        p = _check("train", self, {
+            "epochs": _int(1), "batch_size": _int(1),
+            "lr": _POSITIVE, "min_lr_frac": _real(0, 1), "warmup_frac": _real(0, 1, open_high=True),
+            "weight_decay": _NON_NEGATIVE,
+            "grad_clip": _Rule("a number > 0 (inf: no clipping)", lambda v: _POSITIVE.ok(v) or v == math.inf),
+            "dropout": _real(0, 1, open_high=True),
+            "val_batches": _int(1), "log_every": _int(1), "feature_depth": _real(0, 1, open_low=True),
+            "alphas": _Rule("a non-empty list of finite numbers > 0",
+                            lambda v: len(v) > 0 and all(_POSITIVE.ok(a) for a in v)),
+            "delays": _Rule("a non-empty list of distinct integers >= 0 (in TRs)",
+                            lambda v: len(v) > 0 and all(_is_int(d) and d >= 0 for d in v) and len(set(v)) == len(v)),
+            "device": _Rule("one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'",
+                            lambda v: isinstance(v, str) and bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v))),
+            "threads": _int(1), "cooldown_frac": _FRACTION,
+        })
         if self.data_schedule not in DATA_SCHEDULES:
             p.append(f"'train.data_schedule' must be one of {list(DATA_SCHEDULES)}; got {self.data_schedule!r}")
         if self.lr_schedule not in ("cosine", "wsd"):
@@ -175,8 +284,6 @@ class TrainSpec:
                 "'train.data_schedule' reuse needs 'train.lr_schedule' wsd (branches fork off a constant-LR "
                 f"phase); got {self.lr_schedule!r}"
             )
-        if not 0 < self.cooldown_frac < 1:
-            p.append(f"'train.cooldown_frac' must be in (0, 1); got {self.cooldown_frac}")
         return p
 
 
@@ -202,6 +309,38 @@ class AxesSpec:
     n_head: list[int] = field(default_factory=lambda: [1, 2, 4])
     dtype: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
     seed: list[int] = field(default_factory=lambda: [0])
+
+    _RULES: ClassVar[dict[str, _Rule]] = {  # what each value of an axis must be
+        **{a: _int(1) for a in ("data_frames", "n_embd", "n_layer", "n_head")},
+        "dtype": _one_of(DTYPES),
+        "seed": _int(0, 2**32 - 1, why="numpy's seed range"),
+    }
+
+    def problems(self) -> list[str]:
+        """Every problem of the axes: each value on its own first, then each trial (``n_head``
+        divides ``n_embd``), so a bad value is named instead of failing a division."""
+        p: list[str] = []
+        if self.design not in ("grid", "lines"):
+            p.append(f"'axes.design' must be one of {{'grid', 'lines'}}; got {self.design!r}")
+        for axis, rule in self._RULES.items():
+            values = getattr(self, axis)
+            if not values:
+                p.append(f"'axes.{axis}' is empty; give at least one value")
+            elif not all(rule.ok(v) for v in values):
+                p.append(f"'axes.{axis}' values must each be {rule.what}; got {values!r}")
+            if axis not in self.reference:
+                p.append(f"'axes.reference' lacks {axis!r}")
+            elif not rule.ok(self.reference[axis]):
+                p.append(f"'axes.reference.{axis}' must be {rule.what}; got {self.reference[axis]!r}")
+        unknown_ref = set(self.reference) - set(AXES)
+        if unknown_ref:
+            p.append(f"unknown keys in 'axes.reference': {sorted(unknown_ref)}; known: {list(AXES)}")
+        if p:
+            return p
+        for t in self.trials():
+            if t["n_embd"] % t["n_head"]:
+                p.append(f"n_head={t['n_head']} does not divide n_embd={t['n_embd']} (trial {t})")
+        return p
 
     def trials(self) -> list[dict[str, Any]]:
         """The trial configs (axis values only), in a stable order, without repeats."""
@@ -229,13 +368,22 @@ class AxesSpec:
 class ResourcesSpec:
     """What each trial asks of the cluster."""
 
-    cpus_per_trial: float = 1
+    cpus_per_trial: float = 1.0
     gpus_per_trial: float | str = "auto"  # auto: a fraction of a GPU sized by the model
     max_concurrent_trials: int = 0  # 0: as many as fit
     max_failures: int = 2
     # true: the cluster has an autoscaler, so a request that no node can meet *now* (e.g. GPUs on a
     # cluster scaled to zero) waits for a new node instead of being refused before the sweep starts.
     autoscale: bool = False
+
+    def problems(self) -> list[str]:
+        """Every problem of these settings, as messages naming the field and value."""
+        return _check("resources", self, {
+            "cpus_per_trial": _POSITIVE,
+            "gpus_per_trial": _Rule("'auto' or a finite number >= 0", lambda v: v == "auto" or _NON_NEGATIVE.ok(v)),
+            "max_concurrent_trials": _int(0, why="0: as many as fit"),
+            "max_failures": _int(-1, why="-1: retry forever"),
+        })
 
 
 @dataclass
@@ -277,6 +425,49 @@ class SweepSpec:
             raise SpecError(f"{self.source}: invalid sweep spec:\n  - " + "\n  - ".join(problems))
 
 
+class SearchSpace:
+    """What an Optuna search draws: ``n_embd`` and ``data_frames`` on a log scale over the
+    ranges of their axes, every other axis held at ``axes.reference``.
+
+    ``n_embd`` is drawn as a whole number ``k`` of heads (``n_embd = k * n_head``, ``k`` in
+    ``k_range``), so ``n_head`` always divides it. Free of Ray, so that ``--dry-run`` shows it;
+    ``brainray.sweep`` adds the Optuna call.
+    """
+
+    def __init__(self, spec: SweepSpec):
+        ax = spec.axes
+        self.reference = dict(ax.reference)
+        self.n_head = int(self.reference["n_head"])
+        self.k_range = (math.ceil(min(ax.n_embd) / self.n_head), max(ax.n_embd) // self.n_head)
+        self.frames_range = (min(ax.data_frames), max(ax.data_frames))
+        if self.k_range[0] > self.k_range[1]:
+            raise ValueError(
+                f"{spec.source}: no multiple of n_head={self.n_head} lies in axes.n_embd's range "
+                f"[{min(ax.n_embd)}, {max(ax.n_embd)}]; widen axes.n_embd or change axes.reference.n_head."
+            )
+
+    @property
+    def n_embd_range(self) -> tuple[int, int]:
+        return self.k_range[0] * self.n_head, self.k_range[1] * self.n_head
+
+    def __repr__(self) -> str:
+        lo, hi = self.n_embd_range
+        return f"n_embd in [{lo}, {hi}] (multiples of n_head={self.n_head}), data_frames in {list(self.frames_range)}"
+
+
+def check_search(spec: SweepSpec, search: str, samples: int) -> None:
+    """Refuse a search that this spec cannot run, before anything starts (``--dry-run`` included)."""
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}; got {search!r}.")
+    if search == "optuna" and spec.train.data_schedule == "reuse":
+        raise ValueError(
+            f"{spec.source}: train.data_schedule 'reuse' shares one run across a grid of data sizes; an Optuna "
+            "search draws each data size on its own. Use the grid search, or train.data_schedule: scratch."
+        )
+    if search == "optuna" and samples < 1:
+        raise ValueError(f"samples must be >= 1 for an Optuna search; got {samples}.")
+
+
 def stable_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
@@ -299,14 +490,22 @@ def load_spec(name_or_file: str = "demo", overrides: dict[str, Any] | None = Non
     """Load a preset or YAML file onto the defaults, then validate it."""
     path = preset_path(name_or_file)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:  # read as "all defaults" it would run a sweep nobody asked for
+        raise SpecError(
+            f"{path}: the sweep spec is empty (or only comments); give at least its name and the sections "
+            f"that differ from the defaults, e.g. a copy of a preset in {PRESETS_DIR}."
+        )
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep spec must be a mapping of sections; got {type(raw).__name__}.")
     for key, value in (overrides or {}).items():
         section, _, leaf = key.partition(".")
-        raw.setdefault(section, {})[leaf] = value
+        if leaf:
+            raw.setdefault(section, {})[leaf] = value
+        else:  # a top-level key: name
+            raw[key] = value
     spec, problems = _from_dict(raw, str(path))
     if problems:
         raise SpecError(f"{path}: invalid sweep spec:\n  - " + "\n  - ".join(problems))
@@ -328,7 +527,10 @@ def _from_dict(raw: dict[str, Any], source: str) -> tuple[SweepSpec, list[str]]:
     kwargs: dict[str, Any] = {"source": source}
     for key, value in raw.items():
         if key == "name":
-            kwargs["name"] = str(value)
+            if isinstance(value, str):
+                kwargs["name"] = value
+            else:
+                problems.append(f"'name' must be a string (quote it in YAML); got {value!r}")
             continue
         if key not in _SECTIONS:
             problems.append(f"unknown section {key!r}; known: {['name', *_SECTIONS]}")
@@ -371,37 +573,23 @@ def _coerce(value: Any, default: Any) -> tuple[Any, str | None]:
         return value, None
     if isinstance(default, str) and isinstance(value, str):
         return value, None
-    if isinstance(default, (float, str)) and isinstance(value, (int, float, str)):  # e.g. gpus "auto" | 0.5
-        return value, None
+    if isinstance(default, float) and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 (no dot) as a string
+            return float(value), None
+        except ValueError:
+            pass
+    if isinstance(default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value, None  # e.g. gpus "auto" | 0.5; each section's problems() checks the value
     return None, f"must be of type {type(default).__name__}"
 
 
 def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
-    p: list[str] = []
-    ax = spec.axes
-    if ax.design not in ("grid", "lines"):
-        p.append(f"'axes.design' must be one of {{'grid', 'lines'}}; got {ax.design!r}")
-    for axis in AXES:
-        values = getattr(ax, axis)
-        if not values:
-            p.append(f"'axes.{axis}' is empty; give at least one value")
-        if axis not in ax.reference:
-            p.append(f"'axes.reference' lacks {axis!r}")
-    unknown_ref = set(ax.reference) - set(AXES)
-    if unknown_ref:
-        p.append(f"unknown keys in 'axes.reference': {sorted(unknown_ref)}; known: {list(AXES)}")
+    p = _name_problems(spec.name)
+    for section in (spec.data, spec.tokenizer, spec.train, spec.axes, spec.resources):
+        p.extend(section.problems())
     if p:
-        return p
-    for t in ax.trials():
-        if t["n_embd"] % t["n_head"]:
-            p.append(f"n_head={t['n_head']} does not divide n_embd={t['n_embd']} (trial {t})")
-        if t["dtype"] not in DTYPES:
-            p.append(f"dtype {t['dtype']!r} is not one of {list(DTYPES)}")
-        for k in ("data_frames", "n_embd", "n_layer", "n_head"):
-            if not isinstance(t[k], int) or t[k] < 1:
-                p.append(f"'{k}' must be a positive integer; got {t[k]!r}")
-    d = spec.data
-    p.extend(d.problems())
+        return p  # the checks across sections below need sound values (no division by zero)
+    ax, d, tk = spec.axes, spec.data, spec.tokenizer
     simulated = d.source == "simulated"
     largest = max(max(ax.data_frames), ax.reference["data_frames"])
     # cneuromod: the training frames are known once the replays are played (sweep re-validates)
@@ -412,7 +600,6 @@ def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
             if simulated else f"the training replays of {d.bids_root}"
         )
         p.append(f"data_frames={largest} is more than the {limit} frames of training gameplay ({source})")
-    tk = spec.tokenizer
     span = tk.clip_frames * tk.time_downsample
     smallest = min(min(ax.data_frames), ax.reference["data_frames"])
     if smallest < 2 * span:
@@ -420,31 +607,44 @@ def _validate(spec: SweepSpec, max_data_frames: int | None) -> list[str]:
             f"data_frames={smallest} is less than two clips ({2 * span} frames of "
             f"{tk.clip_frames} x {tk.time_downsample}): a trial needs at least one (previous, next) pair"
         )
-    if simulated and d.replay_frames < 2 * span:
-        p.append(f"'data.replay_frames'={d.replay_frames} is shorter than two clips ({2 * span} frames)")
+    if simulated:
+        if d.replay_frames < 2 * span:
+            p.append(f"'data.replay_frames'={d.replay_frames} is shorter than two clips ({2 * span} frames)")
+        # prepare places plays on a run only while more than 1 s of it is left, and a run's
+        # features need one whole clip; the ridge's longest delay needs more volumes than it.
+        need = max(max(spec.train.delays) + 1, math.floor(1.0 / d.tr) + 1, math.ceil(span / (_FPS * d.tr)))
+        if d.run_vols < need:
+            p.append(
+                f"'data.run_vols' must be at least {need} (more volumes than the largest of 'train.delays' "
+                f"{list(spec.train.delays)}, and a run of over 1 s that holds a {span}-frame clip at "
+                f"'data.tr'={d.tr} s); got {d.run_vols}"
+            )
     if tk.clip_frames % tk.downsample[0] or d.frame_size % tk.downsample[1] or d.frame_size % tk.downsample[2]:
         p.append(
             f"tokenizer.downsample={list(tk.downsample)} must divide (clip_frames, frame_size, frame_size)="
             f"({tk.clip_frames}, {d.frame_size}, {d.frame_size})"
         )
-    tr = spec.train
-    p.extend(tr.problems())
-    if tr.epochs < 1 or tr.batch_size < 1:
-        p.append("'train.epochs' and 'train.batch_size' must be >= 1")
-    if not 0 < tr.feature_depth <= 1:
-        p.append(f"'train.feature_depth' must be in (0, 1]; got {tr.feature_depth}")
-    if not (tr.lr > 0 and 0 <= tr.warmup_frac < 1):
-        p.append("'train.lr' must be > 0 and 'train.warmup_frac' in [0, 1)")
-    r = spec.resources
-    if r.cpus_per_trial <= 0:
-        p.append(f"'resources.cpus_per_trial' must be > 0; got {r.cpus_per_trial}")
-    if not (r.gpus_per_trial == "auto" or isinstance(r.gpus_per_trial, (int, float)) and r.gpus_per_trial >= 0):
-        p.append(f"'resources.gpus_per_trial' must be 'auto' or a number >= 0; got {r.gpus_per_trial!r}")
     return p
 
 
-def check_storage(storage: str) -> str:
-    """An absolute path or a URI (Ray requires it); relative paths are refused, not guessed."""
+def _name_problems(name: str) -> list[str]:
+    """The sweep's folder is ``<storage>/<name>``, and ``--fresh`` empties it: a name that is a
+    path (``..``, ``a/b``, empty) would empty some other folder."""
+    if isinstance(name, str) and name.strip() and not name.startswith(".") and not {"/", "\\"} & set(name):
+        return []
+    return [(
+        "'name' must be a plain folder name: not empty, no '/' or '\\', not starting with '.' "
+        f"(the results go to <storage>/<name>); got {name!r}"
+    )]
+
+
+def check_storage(storage: str, writable: bool = True) -> str:
+    """An absolute path or a URI (Ray requires it); relative paths are refused, not guessed.
+
+    A local path must be a folder, or one that can be made: a file in its place, or (with
+    ``writable``) a nearest existing folder that cannot be written, is refused now rather
+    than once Ray has started. A dry run writes nothing, so it plans for a path of another machine.
+    """
     if "://" in storage:
         return storage.rstrip("/")
     if not os.path.isabs(storage):
@@ -452,4 +652,11 @@ def check_storage(storage: str) -> str:
             f"--storage {storage!r} is a relative path; Ray needs an absolute path or a URI. "
             f"Did you mean {os.path.abspath(storage)!r}?"
         )
-    return storage.rstrip("/")
+    path = Path(storage)
+    existing = next(q for q in (path, *path.parents) if q.exists())  # "/" exists
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise ValueError(f"--storage {storage!r} {where}, not a folder; pass a folder for the results.")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--storage {storage!r}: {existing} is not writable; pass a folder you can write to.")
+    return storage.rstrip("/") or "/"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from brainray import gpt, schedule, triallog
-from brainray.config import SweepSpec
+from brainray.config import AXES, SearchSpace, SweepSpec, check_search
 
 __all__ = ["dry_run_table", "final_summary", "run_frontier", "best_per_budget"]
 
@@ -19,47 +18,83 @@ _ASSUMED_MFU = 0.4
 _H100 = {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12}
 
 
-def dry_run_table(spec: SweepSpec) -> str:
-    """The trial table with estimated tokens, FLOPs and GPU-hours, and the totals.
+def dry_run_table(spec: SweepSpec, search: str = "grid", samples: int = 8) -> str:
+    """What a sweep would run, with estimated tokens, FLOPs and GPU-hours, and the totals.
 
-    With ``train.data_schedule: reuse`` each row also gets ``incurred_flops`` (its trunk
-    segment plus its cooldown, ``brainray.schedule.reuse_plan``) and the total says what
-    the reused data axes cost against training every size from scratch.
+    ``search="grid"``: every trial of the spec. With ``train.data_schedule: reuse`` each row
+    also gets ``incurred_flops`` (its trunk segment plus its cooldown,
+    ``brainray.schedule.reuse_plan``) and the total says what the reused data axes cost
+    against training every size from scratch. ``search="optuna"``: the space the ``samples``
+    trials are drawn from (``brainray.config.SearchSpace``) and the cost of its smallest and
+    largest trial, which bound the search's cost.
     """
-    tk, tr = spec.tokenizer, spec.train
-    span = tk.clip_frames * tk.time_downsample
-    T = (tk.clip_frames // tk.downsample[0]) * (spec.data.frame_size // tk.downsample[1]) * (
-        spec.data.frame_size // tk.downsample[2]
-    )
-    reuse = tr.data_schedule == "reuse"
-    rows, runs = [], spec.runs()
-    for run in runs:
-        sizes = run.get("branches") or [run["data_frames"]]
-        pairs = [max(1, d // span - 1) for d in sizes]  # one play: an upper bound on the real pairs
-        plan = schedule.reuse_plan(sizes, pairs, tr.epochs, tr.batch_size, tr.cooldown_frac) if reuse else None
-        fpt = gpt.train_flops_per_token(run["n_layer"], run["n_embd"], tk.n_codes, 2 * T, n_logits=T)
-        for i, (d, n) in enumerate(zip(sizes, pairs)):
-            steps = schedule.steps_for(n, tr.epochs, tr.batch_size)
-            tokens = steps * tr.batch_size * 2 * T
-            row = {**{k: v for k, v in run.items() if k != "branches"}, "data_frames": d, "tokens": tokens,
-                   "train_flops": fpt * tokens}
-            if plan:
-                row["incurred_flops"] = fpt * plan[i].own_steps * tr.batch_size * 2 * T
-            row["gpu_hours"] = row.get("incurred_flops", row["train_flops"]) / (_ASSUMED_MFU * _H100[run["dtype"]]) / 3600
-            rows.append(row)
-    df = pd.DataFrame(rows)
-    with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
-        table = df.to_string(index=False)
+    check_search(spec, search, samples)
+    if search == "optuna":
+        return _optuna_plan(spec, samples)
+    reuse = spec.train.data_schedule == "reuse"
+    runs = spec.runs()
+    df = pd.DataFrame([row for run in runs for row in _cost_rows(spec, run)])
     total = f"{df['tokens'].sum():.3g} tokens, {df['train_flops'].sum():.3g} training FLOPs"
     if reuse:
         total = (f"{df['incurred_flops'].sum():.3g} training FLOPs with data reuse, against "
                  f"{df['train_flops'].sum():.3g} from scratch ({df['incurred_flops'].sum() / df['train_flops'].sum():.2f}x; "
                  f"{len(runs)} runs)")
     return (
-        f"Sweep {spec.name!r} ({spec.source}): {len(df)} trials\n{table}\n"
-        f"Total: {total}, {df['gpu_hours'].sum():.3g} GPU-hours (estimate at {_ASSUMED_MFU:.0%} MFU on an H100; "
-        "small models run far below that)."
+        f"Sweep {spec.name!r} ({spec.source}): {len(df)} trials\n{_table(df)}\n"
+        f"Total: {total}, {df['gpu_hours'].sum():.3g} GPU-hours ({_ASSUMPTION})."
     )
+
+
+def _optuna_plan(spec: SweepSpec, samples: int) -> str:
+    """The search space and budget of an Optuna search, instead of the grid it does not run."""
+    space = SearchSpace(spec)
+    held = ", ".join(f"{a}={space.reference[a]!r}" for a in AXES if a not in ("n_embd", "data_frames"))
+    corners = [{**space.reference, "n_embd": w, "data_frames": d}
+               for w, d in zip(space.n_embd_range, space.frames_range)]
+    df = pd.DataFrame([_cost_rows(spec, c)[0] for c in corners], index=["smallest", "largest"])
+    lo, hi = samples * df["train_flops"]
+    return (
+        f"Sweep {spec.name!r} ({spec.source}): Optuna search, {samples} trials (FIFO), minimising val_loss\n"
+        f"  {space!r}, both on a log scale\n"
+        f"  held at axes.reference: {held}\n"
+        f"The smallest and the largest trial it can draw:\n{_table(df, index=True)}\n"
+        f"Total: {lo:.3g} to {hi:.3g} training FLOPs for {samples} trials, at most "
+        f"{samples * df['gpu_hours'].max():.3g} GPU-hours ({_ASSUMPTION})."
+    )
+
+
+_ASSUMPTION = f"estimate at {_ASSUMED_MFU:.0%} MFU on an H100; small models run far below that"
+
+
+def _cost_rows(spec: SweepSpec, run: dict) -> list[dict]:
+    """One row per trial of ``run`` (one, or one per branch of a reuse run): its axes and its
+    estimated tokens, training FLOPs (``incurred_flops`` with reuse) and GPU-hours."""
+    tk, tr = spec.tokenizer, spec.train
+    span = tk.clip_frames * tk.time_downsample
+    T = (tk.clip_frames // tk.downsample[0]) * (spec.data.frame_size // tk.downsample[1]) * (
+        spec.data.frame_size // tk.downsample[2]
+    )
+    sizes = run.get("branches") or [run["data_frames"]]
+    pairs = [max(1, d // span - 1) for d in sizes]  # one play: an upper bound on the real pairs
+    reuse = tr.data_schedule == "reuse"
+    plan = schedule.reuse_plan(sizes, pairs, tr.epochs, tr.batch_size, tr.cooldown_frac) if reuse else None
+    fpt = gpt.train_flops_per_token(run["n_layer"], run["n_embd"], tk.n_codes, 2 * T, n_logits=T)
+    rows = []
+    for i, (d, n) in enumerate(zip(sizes, pairs)):
+        steps = schedule.steps_for(n, tr.epochs, tr.batch_size)
+        tokens = steps * tr.batch_size * 2 * T
+        row = {**{k: v for k, v in run.items() if k != "branches"}, "data_frames": d, "tokens": tokens,
+               "train_flops": fpt * tokens}
+        if plan:
+            row["incurred_flops"] = fpt * plan[i].own_steps * tr.batch_size * 2 * T
+        row["gpu_hours"] = row.get("incurred_flops", row["train_flops"]) / (_ASSUMED_MFU * _H100[run["dtype"]]) / 3600
+        rows.append(row)
+    return rows
+
+
+def _table(df: pd.DataFrame, index: bool = False) -> str:
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
+        return df.to_string(index=index)
 
 
 def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:

@@ -22,9 +22,9 @@ that raises or diverges becomes an ``ERROR`` row with its error text, and the sw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -45,7 +45,7 @@ from brainray import locks, reaper
 from brainray import prepare as prep
 from brainray import trial as trial_mod
 from brainray import triallog
-from brainray.config import SweepSpec, stable_hash
+from brainray.config import SEARCHES, SweepSpec, check_search, stable_hash
 
 __all__ = [
     "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback", "write_frontier",
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 EXPERIMENT = "tune"
-SEARCHES = ("grid", "optuna")
 Log = Callable[[str], None]
 
 
@@ -278,6 +277,7 @@ class TrialLogCallback(tune.Callback):
 
 REPORT_LOCK = threading.Lock()  # one report writer at a time (live refreshes and the final one)
 _LIVE_REPORTS: list[threading.Thread] = []  # live-refresh threads started by this process
+_REPORT_FAILED: set[str] = set()  # sweeps whose live refresh failed and said so
 
 
 def wait_for_live_reports() -> None:
@@ -296,7 +296,10 @@ def _live_report(root: str) -> None:
         try:
             write_frontier(root, bootstrap=50, log=lambda msg: None)
         except Exception as e:  # a live refresh must never stop the sweep
-            print(f"[frontier] live report skipped: {type(e).__name__}: {e}")
+            if root not in _REPORT_FAILED:  # said once: the next refreshes usually fail alike
+                _REPORT_FAILED.add(root)
+                print(f"[frontier] live report skipped: {type(e).__name__}: {e} (said once; the final report "
+                      "at the end of the sweep is written on its own)")
 
 
 def write_frontier(root: str, bootstrap: int = 200, log: Log = print) -> str:
@@ -394,6 +397,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.cache
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
@@ -530,15 +534,7 @@ def run_sweep(
     """
     if reuse_actors is None:
         reuse_actors = address is None
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}; got {search!r}.")
-    if search == "optuna" and spec.train.data_schedule == "reuse":
-        raise ValueError(
-            f"{spec.source}: train.data_schedule 'reuse' shares one run across a grid of data sizes; an Optuna "
-            "search draws each data size on its own. Use the grid search, or train.data_schedule: scratch."
-        )
-    if search == "optuna" and samples < 1:
-        raise ValueError(f"samples must be >= 1 for an Optuna search; got {samples}.")
+    check_search(spec, search, samples)
     root = f"{str(storage).rstrip('/')}/{spec.name}"
     data_root = _data_root(root, storage, data_dir, spec)
     fs, base = triallog.filesystem(root)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default=None, help="Ray cluster to join ('auto' on a cluster node)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
     ap.add_argument("--fresh", action="store_true", help="delete this sweep's previous results and start over")
-    ap.add_argument("--dry-run", action="store_true", help="print the trials and their estimated cost, then exit")
+    ap.add_argument("--dry-run", action="store_true", help="print the trials (or the Optuna search space) and their estimated cost, then exit")
     ap.add_argument("--no-report", action="store_true", help="skip the frontier analysis at the end")
     ap.add_argument("--data-dir", default=None,
                     help="shared POSIX folder for the prepared dataset (required when --storage is a URI)")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        storage = check_storage(args.storage)
+        storage = check_storage(args.storage, writable=not args.dry_run)
         spec = load_spec(args.preset)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,16 @@
-import pytest
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from brainray.config import AXES, SpecError, check_storage, load_spec
+import pytest
+import yaml
+
+from brainray import config
+from brainray.config import AXES, SearchSpace, SpecError, check_storage, load_spec
+from brainray.summary import dry_run_table
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _write(tmp_path, text):
@@ -60,7 +70,7 @@ def test_bad_yaml_and_unknown_preset(tmp_path):
 
 
 def test_bad_dtype(tmp_path):
-    with pytest.raises(SpecError, match="dtype 'fp8' is not one of"):
+    with pytest.raises(SpecError, match=r"'axes.dtype' values must each be one of \['fp32', 'fp16', 'bf16'\]"):
         load_spec(_write(tmp_path, "axes:\n  dtype: [fp32, fp8]\n"))
 
 
@@ -74,3 +84,184 @@ def test_relative_storage_is_refused():
 def test_data_smaller_than_a_clip_pair(tmp_path):
     with pytest.raises(SpecError, match="data_frames=10 is less than two clips"):
         load_spec(_write(tmp_path, "axes:\n  data_frames: [10, 24000]\n"))
+
+
+# -- failing fast: every field is checked before anything runs ---------------------------------
+NAN, INF = float("nan"), float("inf")
+BAD_VALUES = [
+    ("tokenizer.clip_frames", 0), ("tokenizer.time_downsample", 0), ("tokenizer.downsample", [4, 8]),
+    ("tokenizer.downsample", [3, 8, 8]), ("tokenizer.downsample", [0, 4, 4]), ("tokenizer.downsample", [1, 1, 1]),
+    ("tokenizer.n_hiddens", 15), ("tokenizer.n_hiddens", 0), ("tokenizer.n_res_layers", -1),
+    ("tokenizer.n_codes", 0), ("tokenizer.n_codes", 1), ("tokenizer.n_codes", 40000), ("tokenizer.embedding_dim", 0),
+    ("tokenizer.steps", -5), ("tokenizer.batch_size", 0),
+    ("data.tr", -1), ("data.tr", NAN), ("data.tr", INF), ("data.frame_size", 0), ("data.seed", -1),
+    ("data.train_replays", 0), ("data.replay_frames", 0), ("data.val_replays", 0), ("data.n_subjects", 0),
+    ("data.n_subjects", 5), ("data.n_runs", 2), ("data.run_vols", 0), ("data.run_vols", 4), ("data.n_parcels", 3),
+    ("data.policy", "ppo"), ("data.game", ""),
+    ("train.epochs", 0), ("train.batch_size", 0), ("train.lr", 0), ("train.lr", INF), ("train.lr", NAN),
+    ("train.lr", "fast"), ("train.min_lr_frac", 1.5), ("train.warmup_frac", 1), ("train.weight_decay", -0.1),
+    ("train.weight_decay", NAN), ("train.grad_clip", 0), ("train.grad_clip", NAN), ("train.dropout", 5),
+    ("train.dropout", 1), ("train.val_batches", 0), ("train.log_every", 0), ("train.feature_depth", 0),
+    ("train.alphas", [-1, 0]), ("train.alphas", []), ("train.alphas", [1, NAN]), ("train.alphas", [1, "a"]),
+    ("train.delays", [-2]), ("train.delays", []), ("train.delays", [1, 1]), ("train.delays", [1.5]),
+    ("train.device", "gpu"), ("train.device", "cuda:x"), ("train.threads", 0), ("train.cooldown_frac", NAN),
+    ("resources.cpus_per_trial", 0), ("resources.cpus_per_trial", INF), ("resources.gpus_per_trial", -1),
+    ("resources.gpus_per_trial", "lots"), ("resources.gpus_per_trial", True), ("resources.max_concurrent_trials", -1),
+    ("resources.max_failures", -5),
+    ("axes.n_head", [0]), ("axes.n_layer", [0]), ("axes.n_embd", [0, 16]), ("axes.data_frames", [-1200]),
+    ("axes.n_layer", [1.5]), ("axes.seed", [-1]), ("axes.seed", [2**32]), ("axes.n_head", [True]),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
+def test_an_impossible_value_is_refused_naming_its_key(key, value):
+    with pytest.raises(SpecError) as e:
+        load_spec("smoke", {key: value})
+    msg = str(e.value)
+    assert str(config.PRESETS_DIR / "smoke.yaml") in msg
+    assert f"'{key}'" in msg, msg
+
+
+def test_a_bad_reference_value_is_named():
+    ref = {"data_frames": 2400, "n_embd": 16, "n_layer": 1, "n_head": 0, "dtype": "fp32", "seed": 0}
+    with pytest.raises(SpecError, match=r"'axes.reference.n_head' must be an integer >= 1; got 0"):
+        load_spec("smoke", {"axes.reference": ref})
+
+
+def test_zero_heads_is_a_spec_error_not_a_division_by_zero():
+    with pytest.raises(SpecError, match=r"'axes.n_head' values must each be an integer >= 1; got \[0\]"):
+        load_spec("demo", {"axes.n_head": [0]})
+
+
+def test_messages_say_what_is_allowed_and_what_came_in():
+    with pytest.raises(SpecError) as e:
+        load_spec("smoke", {"tokenizer.n_codes": 0, "train.alphas": [-1, 0], "resources.max_failures": -5})
+    msg = str(e.value)
+    assert "'tokenizer.n_codes' must be an integer in [2, 32768] (tokens are stored as int16); got 0" in msg
+    assert "'train.alphas' must be a non-empty list of finite numbers > 0; got [-1, 0]" in msg
+    assert "'resources.max_failures' must be an integer >= -1 (-1: retry forever); got -5" in msg
+
+
+def test_runs_too_short_for_the_delays_name_the_minimum():
+    with pytest.raises(SpecError, match=r"'data.run_vols' must be at least 9 \(more volumes than the largest of "
+                                        r"'train.delays' \[1, 8\]"):
+        load_spec("smoke", {"train.delays": [1, 8], "data.run_vols": 8})
+    assert load_spec("smoke", {"train.delays": [1, 8], "data.run_vols": 9}).data.run_vols == 9
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("train.grad_clip", INF), ("train.warmup_frac", 0), ("train.min_lr_frac", 1), ("train.dropout", 0),
+    ("train.delays", (0, 1)), ("train.device", "cuda:1"), ("train.device", "mps"),
+    ("resources.max_failures", -1), ("resources.gpus_per_trial", 0.5), ("resources.cpus_per_trial", 0.5),
+    ("resources.max_concurrent_trials", 0), ("tokenizer.n_res_layers", 0), ("data.n_subjects", 4),
+])
+def test_legal_edge_values_are_kept(key, value):
+    section, leaf = key.split(".")
+    assert getattr(getattr(load_spec("smoke", {key: value}), section), leaf) == value
+
+
+def test_a_float_written_without_a_dot_is_read_as_a_number(tmp_path):
+    assert load_spec(_write(tmp_path, "train:\n  lr: 1e-3\n")).train.lr == 0.001  # PyYAML reads 1e-3 as a string
+
+
+def test_the_mirrored_constants_match_their_modules():
+    from brainray import gameplay, prepare, simbrain
+
+    assert config._POLICIES == gameplay.POLICIES
+    assert config._SIM_SUBJECTS == len(simbrain.SUBJECTS)
+    assert config._FPS == prepare.FPS
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n# and another\n"])
+def test_an_empty_spec_file_is_refused(tmp_path, text):
+    path = _write(tmp_path, text)
+    with pytest.raises(SpecError, match="the sweep spec is empty") as e:
+        load_spec(path)
+    assert path in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "   ", "a/b", "/abs", "a\\b", ".hidden"])
+def test_a_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
+    path = _write(tmp_path, yaml.safe_dump({"name": name}))
+    with pytest.raises(SpecError, match="'name' must be a plain folder name") as e:
+        load_spec(path)
+    assert path in str(e.value) and repr(name) in str(e.value)
+
+
+def test_a_name_must_be_a_string(tmp_path):
+    with pytest.raises(SpecError, match=r"'name' must be a string \(quote it in YAML\); got None"):
+        load_spec(_write(tmp_path, "name:\n"))
+    assert load_spec("smoke", {"name": "my-sweep_2"}).name == "my-sweep_2"
+
+
+def test_storage_that_is_a_file_or_under_one_is_refused(tmp_path):
+    f = tmp_path / "results.txt"
+    f.write_text("")
+    with pytest.raises(ValueError, match=r"--storage '.*results.txt' is a file, not a folder"):
+        check_storage(str(f))
+    with pytest.raises(ValueError, match=r"is under .*results.txt, which is a file"):
+        check_storage(str(f / "sub" / "dir"))
+    assert check_storage(str(tmp_path / "new" / "folder")) == str(tmp_path / "new" / "folder")
+
+
+def test_storage_whose_folder_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # root may write anywhere
+    with pytest.raises(ValueError, match=rf"--storage '{tmp_path}/out': {tmp_path} is not writable"):
+        check_storage(str(tmp_path / "out"))
+
+
+# -- --dry-run: the spec's errors and the Optuna space, without Ray ----------------------------
+def _scaling(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "sweeps" / "scaling.py"), *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_a_bad_spec_or_storage_is_one_error_line_and_exit_2(tmp_path):
+    bad = _write(tmp_path, "name: bad\ntokenizer:\n  n_codes: 0\ntrain:\n  delays: [-2]\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for args, key in (((), "'tokenizer.n_codes'"), (("--storage", str(a_file)), "is a file, not a folder")):
+        out = _scaling("--preset", bad, "--dry-run", *args)
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("error: ") and key in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1  # the storage error: one line
+
+
+def test_optuna_dry_run_prints_the_space_not_the_grid():
+    out = _scaling("--preset", "demo", "--search", "optuna", "--samples", "5", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "Optuna search, 5 trials" in text
+    assert "n_embd in [16, 96] (multiples of n_head=2), data_frames in [3000, 54000]" in text
+    assert "held at axes.reference: n_layer=2, n_head=2, dtype='fp32', seed=0" in text
+    assert "training FLOPs for 5 trials" in text
+    n_grid = len(load_spec("demo").runs())
+    assert f": {n_grid} trials" not in text and len(text.splitlines()) < 10, text
+
+
+def test_optuna_dry_run_bounds_the_cost_by_its_smallest_and_largest_trial():
+    spec = load_spec("demo")
+    grid = dry_run_table(spec)
+    text = dry_run_table(spec, search="optuna", samples=5)
+    assert text != grid
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("smallest", "largest"))}
+    assert rows["smallest"][1:3] == ["3000", "16"] and rows["largest"][1:3] == ["54000", "96"]
+
+
+@pytest.mark.parametrize(("preset", "samples", "match"), [
+    ("demo-reuse", 8, "an Optuna search draws each data size on its own"),
+    ("demo", 0, "samples must be >= 1"),
+])
+def test_optuna_dry_run_refuses_what_the_search_would(preset, samples, match):
+    with pytest.raises(ValueError, match=match):
+        dry_run_table(load_spec(preset), search="optuna", samples=samples)
+
+
+def test_search_space_without_a_width_that_the_heads_divide():
+    spec = load_spec("smoke", {"axes.design": "grid", "axes.n_embd": [8, 16], "axes.n_head": [1],
+                               "axes.reference": {"data_frames": 2400, "n_embd": 64, "n_layer": 1, "n_head": 32,
+                                                  "dtype": "fp32", "seed": 0}})
+    with pytest.raises(ValueError, match=r"no multiple of n_head=32 lies in axes.n_embd's range \[8, 16\]"):
+        SearchSpace(spec)
+    assert SearchSpace(load_spec("demo")).n_embd_range == (16, 96)
