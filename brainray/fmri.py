@@ -29,6 +29,9 @@ import json
 import math
 import re
 import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +59,23 @@ _TR_TOLERANCE_S = 1e-3  # sidecar vs NIfTI header; scanners write TR to the ms
 _TIME_UNIT_TO_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 _EVENTS_RE = r"^(sub-[A-Za-z0-9]+)_(?:(ses-[A-Za-z0-9]+)_)?task-{task}_run-(\d+)_events\.tsv$"
 _RUN_RE = re.compile(r"_run-(\d+)_")
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Name ``path`` in the error of reading a damaged (corrupt, truncated) file.
+
+    pandas, json and nibabel raise ValueError, EOFError, OSError or zlib.error without the path.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OSError, zlib.error) as err:
+        raise ValueError(
+            f"{path} cannot be read as {what} ({type(err).__name__}: {err}); it is corrupt or "
+            "truncated. Restore it (for a DataLad dataset: `datalad get` it again)."
+        ) from err
 
 
 # ----------------------------------------------------------------------------- events
@@ -129,10 +149,11 @@ def read_events(path: str | Path, root: str | Path | None = None) -> pd.DataFram
     root = _find_bids_root(path) if root is None else Path(root)
     root = root.resolve()
 
-    df = pd.read_csv(
-        path, sep="\t", dtype={"level": str, "stim_file": str, "trial_type": str},
-        na_values=["n/a"], keep_default_na=False,
-    )
+    with _reading(path, "a tab-separated events file"):
+        df = pd.read_csv(
+            path, sep="\t", dtype={"level": str, "stim_file": str, "trial_type": str},
+            na_values=["n/a"], keep_default_na=False,
+        )
     df = df.drop(columns=[c for c in df.columns if re.fullmatch(r"Unnamed: \d+", str(c))])
     missing_cols = [c for c in REQUIRED_EVENT_COLUMNS if c not in df.columns]
     if missing_cols:
@@ -213,9 +234,9 @@ class BoldRun:
 
 
 def _sidecar_tr(sidecar: Path) -> float:
-    with sidecar.open() as f:
+    with _reading(sidecar, "a JSON sidecar"), sidecar.open() as f:
         meta = json.load(f)
-    tr = meta.get("RepetitionTime")
+    tr = meta.get("RepetitionTime") if isinstance(meta, dict) else None
     if not isinstance(tr, (int, float)) or isinstance(tr, bool) or not (tr > 0):
         raise ValueError(
             f"{sidecar}: 'RepetitionTime' must be a positive number of seconds; got {tr!r}. "
@@ -228,7 +249,8 @@ def _header_tr(bold: Path) -> float | None:
     """TR in seconds from the NIfTI header, or None when the header holds no real value."""
     import nibabel as nib
 
-    header = nib.load(bold).header
+    with _reading(bold, "a NIfTI image"):
+        header = nib.load(bold).header
     zooms = header.get_zooms()
     if len(zooms) < 4 or not zooms[3] > 0:
         return None
@@ -427,7 +449,8 @@ def _load_confounds(
             f"{run.confounds_path}: nilearn could not load the confounds: {err}"
         ) from err
 
-    raw = pd.read_csv(run.confounds_path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    with _reading(run.confounds_path, "a tab-separated confounds file"):
+        raw = pd.read_csv(run.confounds_path, sep="\t", na_values=["n/a"], keep_default_na=False)
     if len(raw) != n_vols:
         raise ValueError(
             f"{run.confounds_path} has {len(raw)} rows but {run.bold_path} has {n_vols} volumes; "
@@ -505,12 +528,14 @@ def extract_parcels(
     bold_path = Path(run.bold_path)
     if not bold_path.is_file():
         raise FileNotFoundError(f"Preprocessed BOLD image not found: {bold_path}")
-    img = nib.load(bold_path)
+    with _reading(bold_path, "a NIfTI image"):
+        img = nib.load(bold_path)
     if len(img.shape) != 4:
         raise ValueError(
             f"{bold_path}: expected a 4-D image (x, y, z, time); got shape {img.shape}."
         )
-    data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, n_vols)
+    with _reading(bold_path, "a NIfTI image"):  # a truncated .nii.gz fails here, not at load
+        data = np.asarray(img.dataobj, dtype=np.float32)  # (X, Y, Z, n_vols)
     n_vols = data.shape[3]
     for t in range(n_vols):  # per volume: no full-size boolean copy of a long run
         if not np.isfinite(data[..., t]).all():

@@ -1,8 +1,12 @@
 """The prepare stage: gameplay -> frames -> brain -> VQ-VAE tokens, once per dataset.
 
 Everything lands in one folder keyed by the hash of the data and tokenizer settings, with a
-``dataset.json`` manifest. A folder whose manifest exists is complete (it is written last)
-and is read, not rebuilt. Trials only read from it.
+``dataset.json`` manifest, written last. A folder whose manifest reads and whose files (those
+the manifest promises: tokens, stimulus frames, brain, VQ-VAE) all exist is complete and is
+read, not rebuilt. A damaged one is named and repaired: missing token files are tokenized
+again with the folder's own VQ-VAE; anything else (a manifest that does not read, a missing
+brain or frame file) is built again. Trials only read from it; a file they cannot read is
+named in their error.
 
 Two sources (``DataSpec.source``):
 
@@ -43,7 +47,9 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +68,28 @@ MapFn = Callable[[Callable, Iterable], list]
 #: Order of the cneuromod training replays, hence of the nested ``data_frames`` prefixes.
 REPLAY_ORDER = ("subject", "level", "session", "run", "onset")
 _MIN_RUNS = 3  # leave-one-run-out scoring: 1 held out, >= 2 for the inner CV
+# What reading a damaged (corrupt, truncated) file raises: numpy, zipfile (npz) and json
+_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _why(err: BaseException) -> str:
+    """Type and first sentence of a read error (numpy's second one advises unpickling the file)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.split('. ')[0]}" if text else type(err).__name__
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Name ``path`` in the error of a damaged file of a prepared dataset, and say what to do."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise  # names the file already
+    except _DAMAGED as err:
+        raise ValueError(
+            f"{path} cannot be read ({_why(err)}): it is corrupt or truncated. Delete it and rerun "
+            "prepare, which rebuilds what is missing (or delete the dataset folder)."
+        ) from err
 
 
 @dataclass
@@ -99,7 +127,7 @@ class SubjectBold:
         path = Path(directory) / "bold.npz"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; prepare the dataset again.")
-        with np.load(path) as npz:
+        with _reading(path), np.load(path) as npz:
             absent = [r for r in runs if r not in npz.files]
             if absent:
                 raise KeyError(f"{path} lacks runs {absent}; prepare the dataset again.")
@@ -122,7 +150,9 @@ class Dataset:
 
     def tokens(self, name: str) -> np.ndarray:
         """Codes of the clips of one replay: (n_clips, T', H', W') int16."""
-        return np.load(self.root / "tokens" / f"{name}.npy", mmap_mode="r")
+        path = self.root / "tokens" / f"{name}.npy"
+        with _reading(path):
+            return np.load(path, mmap_mode="r")
 
     @property
     def subjects(self) -> list[str]:
@@ -138,7 +168,8 @@ class Dataset:
         if subject not in self.manifest["subjects"]:
             raise KeyError(f"Unknown subject {subject!r}; this dataset has {self.manifest['subjects']}.")
         if self.manifest.get("source", "simulated") == "simulated":
-            return simbrain.SubjectData.load(self.root / "brain" / subject)
+            with _reading(self.root / "brain" / subject):
+                return simbrain.SubjectData.load(self.root / "brain" / subject)
         runs = [self.manifest["runs"][k]["run"] for k in self.run_indices(subject)]
         return SubjectBold.load(self.root / "brain" / subject, subject, runs)
 
@@ -154,11 +185,91 @@ class Dataset:
 
 
 def load_dataset(root: str | Path) -> Dataset:
+    """Open the prepared dataset at ``root``, once its manifest reads and its files all exist.
+
+    Only existence is checked (cheap, and a trial is not failed by a damaged file it never
+    reads); a file that exists but cannot be read is named when it is read.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the manifest does not exist (prepare has not finished), or files it promises do
+        not (the message names them).
+    ValueError
+        If the manifest is corrupt or truncated (the message names it).
+    """
     root = Path(root)
     path = root / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the prepare stage has not finished for {root}.")
-    return Dataset(root, json.loads(path.read_text()))
+    try:
+        manifest = _read_manifest(path)
+    except (*_DAMAGED, LookupError, TypeError) as err:
+        raise ValueError(
+            f"{path} cannot be read ({_why(err)}): the cached dataset {root} is damaged. Rerun prepare, "
+            "which rebuilds it, or delete the folder."
+        ) from err
+    missing = _missing(root, manifest)
+    if missing:
+        raise FileNotFoundError(
+            _incomplete(root, missing) + "\nRerun prepare on it, which rebuilds what is missing, or delete the folder."
+        )
+    return Dataset(root, manifest)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``; raises (json, OS or lookup errors) if it is damaged."""
+    manifest = json.loads(path.read_text())
+    _promised(manifest)  # the keys that completeness needs are there
+    return manifest
+
+
+def _promised(manifest: dict[str, Any]) -> list[str]:
+    """Files (relative to the dataset folder) that a complete dataset has: what trials read,
+    and what prepare needs to repair tokens."""
+    plays = [r["name"] for r in manifest["replays"]]
+    stimuli = dict.fromkeys(seg["replay"] for run in manifest["runs"] for seg in run["segments"])
+    simulated = manifest.get("source", "simulated") == "simulated"
+    brain = ("simbrain.json", "simbrain.npz") if simulated else ("bold.npz",)
+    return [
+        "vqvae.pt", *(f"tokens/{name}.npy" for name in plays),
+        f"frames/{video.FrameStore.MANIFEST}", *(f"frames/{name}.u8" for name in stimuli),
+        *(f"brain/{subject}/{f}" for subject in manifest["subjects"] for f in brain),
+    ]
+
+
+def _missing(root: Path, manifest: dict[str, Any]) -> list[str]:
+    return [p for p in _promised(manifest) if not (root / p).is_file()]
+
+
+def _incomplete(root: Path, missing: list[str]) -> str:
+    more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return (
+        f"The cached dataset {root} is incomplete: {len(missing)} file(s) that its {MANIFEST} lists "
+        "do not exist:\n  " + "\n  ".join(missing[:10]) + more
+    )
+
+
+def _cached(root: Path, log: Log) -> Dataset | None:
+    """The dataset already at ``root``, repaired if only token files are missing; None (with
+    the reason logged) if it must be built again."""
+    path = root / MANIFEST
+    try:
+        manifest = _read_manifest(path)
+    except (*_DAMAGED, LookupError, TypeError) as err:
+        log(f"[prepare] the cached dataset {root} is damaged: {path} cannot be read ({_why(err)}); rebuilding it")
+        return None
+    missing = _missing(root, manifest)
+    if not missing:
+        log(f"[prepare] cached dataset {root}")
+        return Dataset(root, manifest)
+    tokens = [p.removeprefix("tokens/").removesuffix(".npy") for p in missing if p.startswith("tokens/")]
+    if len(tokens) == len(missing) and all((root / "frames" / f"{name}.u8").is_file() for name in tokens):
+        log(f"[prepare] {_incomplete(root, missing)}\n[prepare] tokenizing them again with its vqvae.pt")
+        _retokenize(root, manifest["tokenizer"], tokens)
+        return load_dataset(root)
+    log(f"[prepare] {_incomplete(root, missing)}\n[prepare] rebuilding it")
+    return None
 
 
 def _record(args: tuple[str, int, int, str, str, int]) -> dict[str, Any]:
@@ -182,6 +293,10 @@ def prepare(
     map_fn: a parallel ``map`` (the sweep passes one backed by Ray tasks); plain ``map``
     by default. It records or replays the plays, one task per play.
 
+    A dataset already at ``root`` is read if it is complete. If it is damaged, ``log`` says
+    so and what is done: missing token files are tokenized again with its VQ-VAE; if its
+    manifest does not read, or any other file is missing, it is built again.
+
     Raises
     ------
     SpecError
@@ -196,8 +311,9 @@ def prepare(
     """
     root = Path(root)
     if (root / MANIFEST).exists():
-        log(f"[prepare] cached dataset {root}")
-        return load_dataset(root)
+        cached = _cached(root, log)
+        if cached is not None:
+            return cached
     problems = spec.data.problems()
     if problems:
         raise SpecError(f"{spec.source}: invalid data settings:\n  - " + "\n  - ".join(problems))
@@ -491,7 +607,9 @@ def _run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> si
     store = video.FrameStore(root / "frames")
     frames, actions, rewards = [], [], []
     for seg in run["segments"]:
-        act = np.load(root / "actions" / f"{seg['replay']}.npz")
+        path = root / "actions" / f"{seg['replay']}.npz"
+        with _reading(path):
+            act = dict(np.load(path))
         frames.append(np.asarray(store.open(seg["replay"])[: seg["n_frames"]]))
         actions.append(act["actions"][: seg["n_frames"]])
         rewards.append(act["rewards"][: seg["n_frames"]])
@@ -528,9 +646,7 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
     span = tk.clip_frames * tk.time_downsample
 
     def clips_of(name: str) -> np.ndarray:
-        frames = store.open(name)
-        starts = video.clip_starts(len(frames), tk.clip_frames, tk.time_downsample)
-        return video.get_clips(frames, starts, tk.clip_frames, tk.time_downsample)
+        return _clips(store, name, tk.clip_frames, tk.time_downsample)
 
     train = np.concatenate([clips_of(r["name"]) for r in replays if r["split"] == "train"])
     log(f"[tokenizer] training VQ-VAE on {len(train)} clips of {span} frames for {tk.steps} steps")
@@ -544,7 +660,7 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
     vqvae.save_vqvae(model, root / "vqvae.pt")
     vqvae.save_reconstructions_png(model, train[:: max(1, len(train) // 4)][:4], root / "reconstructions.png")
     for r in replays:
-        np.save(root / "tokens" / f"{r['name']}.npy", vqvae.tokenize(model, clips_of(r["name"])))
+        _save_tokens(root, r["name"], vqvae.tokenize(model, clips_of(r["name"])))
     log(
         f"[tokenizer] PSNR {metrics['psnr']:.1f} dB, perplexity {metrics['perplexity']:.1f} "
         f"of {tk.n_codes} codes, {metrics['dead_codes']} dead; tokenized {len(replays)} plays"
@@ -555,3 +671,29 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
         "tokens_per_clip": int(config.tokens_per_clip),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
+
+
+def _clips(store: video.FrameStore, name: str, clip_frames: int, time_downsample: int) -> np.ndarray:
+    """The clips of one play that the tokenizer codes."""
+    frames = store.open(name)
+    starts = video.clip_starts(len(frames), clip_frames, time_downsample)
+    return video.get_clips(frames, starts, clip_frames, time_downsample)
+
+
+def _save_tokens(root: Path, name: str, codes: np.ndarray) -> None:
+    """Write one play's codes to a temp name, then rename: a crash leaves no truncated file
+    (completeness checks existence only)."""
+    path = root / "tokens" / f"{name}.npy"
+    tmp = path.with_name(f".{name}.npy.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, codes)
+    tmp.replace(path)
+
+
+def _retokenize(root: Path, tokenizer: dict[str, Any], names: list[str]) -> None:
+    """Code the plays ``names`` again with the dataset's own VQ-VAE: the tokens they had."""
+    model = vqvae.load_vqvae(root / "vqvae.pt")
+    store = video.FrameStore(root / "frames")
+    for name in names:
+        _save_tokens(root, name, vqvae.tokenize(model, _clips(store, name, tokenizer["clip_frames"],
+                                                                tokenizer["time_downsample"])))

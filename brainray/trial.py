@@ -24,13 +24,14 @@ import platform
 import resource
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from brainray import encoding, gpt, schedule
+from brainray import encoding, gpt, schedule, vqvae
 from brainray.config import TrainSpec
 from brainray.devices import pick_device, use_tf32
 from brainray.prepare import FPS, Dataset, load_dataset
@@ -70,8 +71,9 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
             return schedule.wsd_lr(step, fork, max_steps, tr.lr, warmup, tr.min_lr_frac)
         return schedule.cosine_lr(step, max_steps, tr.lr, warmup, tr.min_lr_frac)
 
-    # -- resume ---------------------------------------------------------------------------
-    best_weights = t.load(checkpoint_dir)["best_model"] if checkpoint_dir else None
+    # -- resume (a damaged checkpoint: from scratch, with a warning) -------------------------
+    ckpt = t.load(checkpoint_dir) if checkpoint_dir else None
+    best_weights = ckpt["best_model"] if ckpt else None
     state = t.state
     base = {**t.base, "data_frames": data_frames, "max_steps": max_steps, "train_pairs": n_pairs}
 
@@ -134,7 +136,8 @@ def _run_reuse(config: dict[str, Any], tr: TrainSpec, report: Report, checkpoint
             orders[br.data_frames, epoch] = _epoch_order(br.n_pairs, seed)
         return seqs[br.data_frames][orders[br.data_frames, epoch][b * tr.batch_size : (b + 1) * tr.batch_size]]
 
-    done: list[int] = list(t.load(checkpoint_dir)["branches_done"]) if checkpoint_dir else []
+    ckpt = t.load(checkpoint_dir) if checkpoint_dir else None  # damaged: from scratch, with a warning
+    done: list[int] = list(ckpt["branches_done"]) if ckpt else []
     state = t.state
     last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else t.val_loss()
 
@@ -213,23 +216,18 @@ class _Trainer:
         self.amp_dtype = gpt.autocast_dtype(self.dtype)
         use_tf32(self.device)
         self.seed = int(config["seed"])
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed)
         self.val_seqs = _pairs(self.ds, "val", None)
         self.spec = gpt.GPTSpec(
             n_embd=int(config["n_embd"]), n_layer=int(config["n_layer"]), n_head=int(config["n_head"]),
             vocab_size=int(self.ds.manifest["tokenizer"]["n_codes"]), tokens_per_clip=int(np.prod(self.ds.latent_shape)),
             dropout=tr.dropout,
         )
-        self.model = gpt.build_model(self.spec).to(self.device)
-        self.optimizer = gpt.build_optimizer(self.model, tr.lr, tr.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
+        self._fresh()
         T = self.spec.tokens_per_clip
         self.flops_per_token = gpt.train_flops_per_token(
             self.spec.n_layer, self.spec.n_embd, self.spec.vocab_size, self.spec.n_ctx, n_logits=T
         )
         self.peak = gpt.peak_flops(self.device, self.dtype)
-        self.state: dict[str, Any] = dict(_STATE)
         n_params, n_params_nonembed = gpt.count_params(self.model)
         self.base = {
             "n_embd": self.spec.n_embd, "n_layer": self.spec.n_layer, "n_head": self.spec.n_head, "dtype": self.dtype,
@@ -240,6 +238,15 @@ class _Trainer:
             "node": platform.node(),
         }
         self._t0 = 0.0
+
+    def _fresh(self) -> None:
+        """Seeded model, optimiser, scaler and counters at step 0: what a new trial starts from."""
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        self.model = gpt.build_model(self.spec).to(self.device)
+        self.optimizer = gpt.build_optimizer(self.model, self.tr.lr, self.tr.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
+        self.state: dict[str, Any] = dict(_STATE)
 
     def step(self, batch: torch.Tensor, lr: float) -> float:
         """One optimiser step at ``lr``; returns the loss (non-finite: nothing was updated)."""
@@ -323,14 +330,37 @@ class _Trainer:
             os.path.join(folder, CHECKPOINT),
         )
 
-    def load(self, folder: str) -> dict[str, Any]:
-        ckpt = torch.load(os.path.join(folder, CHECKPOINT), map_location=self.device, weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt, self.device)
+    def load(self, folder: str) -> dict[str, Any] | None:
+        """Restore the checkpoint in ``folder``; None if it is damaged, and the trial starts over.
+
+        Tune keeps one checkpoint per trial, so a damaged one has no older one to fall back
+        on: the trial restarts from scratch (the same start as a new trial), with a warning
+        naming the file, rather than fail.
+        """
+        path = os.path.join(folder, CHECKPOINT)
+        try:
+            ckpt = vqvae.read_checkpoint(path, map_location=self.device)  # names the file if damaged
+        except (OSError, vqvae.CorruptCheckpointError) as err:
+            return self._start_over(str(err))
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt, self.device)
+        except (LookupError, TypeError, ValueError, RuntimeError) as err:  # read, but not this trial's state
+            first = (str(err).splitlines() or [""])[0]
+            return self._start_over(f"Checkpoint {path} does not fit this trial ({type(err).__name__}: {first}).")
         self.state = {k: ckpt.get(k, v) for k, v in _STATE.items()}
         return ckpt
+
+    def _start_over(self, why: str) -> None:
+        """Warn that the trial restarts from scratch, and restart it (a partial restore is undone)."""
+        warnings.warn(
+            f"{why}\nThe trial restarts from scratch (step 0): Tune keeps one checkpoint per trial, "
+            "so there is no earlier one to resume from.",
+            RuntimeWarning, stacklevel=3,
+        )
+        self._fresh()
 
 
 _STATE = {"step": 0, "epoch": 0, "best_val_loss": float("inf"), "train_s": 0.0, "train_loss": float("nan"),

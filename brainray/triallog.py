@@ -33,6 +33,7 @@ __all__ = [
     "logged_trial_ids",
     "final_trial_ids",
     "SUPERSEDED",
+    "CorruptLogError",
     "filesystem",
     "is_uri",
     "branch_id",

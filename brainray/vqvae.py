@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,10 @@ __all__ = [
     "Codebook",
     "VQVAE",
     "VQVAEConfig",
+    "CorruptCheckpointError",
     "load_vqvae",
     "preprocess",
+    "read_checkpoint",
     "save_reconstructions_png",
     "save_vqvae",
     "tokenize",
@@ -747,12 +750,53 @@ def save_vqvae(model: VQVAE, path: str | Path) -> Path:
     return path
 
 
+class CorruptCheckpointError(ValueError):
+    """A torch file that exists but cannot be read: corrupt, truncated, or not a torch file."""
+
+
+def _why(err: Exception) -> str:
+    """Type and first sentence of a torch load error, without torch's advice to unpickle unsafely
+    (for a damaged file that advice repairs nothing, and it would let the file run code)."""
+    text = str(err).strip()
+    first = text.split(". ")[0].splitlines()[0] if text else ""
+    if not first or "weights_only" in first.lower().replace(" ", "_"):
+        return type(err).__name__
+    return f"{type(err).__name__}: {first}"
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", fix: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` whose errors name the file and say what is wrong.
+
+    fix: what to do about a damaged file, appended to the error message.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CorruptCheckpointError
+        If it cannot be read (torch raises RuntimeError, EOFError, UnpicklingError, ... for
+        a corrupt or truncated file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist. {fix}".strip())
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch has no one error type for a damaged file
+        raise CorruptCheckpointError(
+            f"Checkpoint {path} cannot be read: it is corrupt or truncated ({_why(err)}). {fix}".strip()
+        ) from None  # torch's message, which a chained traceback would show, gives unsafe advice
+
+
 def load_vqvae(path: str | Path, device: str = "cpu") -> VQVAE:
     """Read a file written by :func:`save_vqvae`; returns the model in eval mode on ``device``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"VQ-VAE checkpoint {path} does not exist; train one with train_vqvae + save_vqvae.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(
+        path, fix="Write it again with save_vqvae (a prepared dataset's vqvae.pt: delete the dataset "
+        "folder and rerun prepare)."
+    )
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a brainray VQ-VAE checkpoint (expected format {_FORMAT!r}).")
     fields = {f.name for f in dataclasses.fields(VQVAEConfig)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -236,3 +237,90 @@ def test_cneuromod_preset_needs_the_data():
     msg = str(err.value)
     assert "'data.bids_root' '/data/cneuromod.shinobi' is not an existing folder" in msg
     assert "'data.atlas' '/data/atlases/MIST_1095.nii.gz' is not an existing file" in msg
+
+
+# ----------------------------------------------------------------------------- damaged datasets
+
+
+@pytest.fixture
+def copied(tiny_dataset, tmp_path) -> Path:
+    """A copy of the session's simulated dataset that a test may damage."""
+    root = tmp_path / tiny_dataset.root.name
+    shutil.copytree(tiny_dataset.root, root)
+    return root
+
+
+@pytest.mark.parametrize("lost", ["tokens/play-0001.npy", "vqvae.pt", "brain/sub-02/simbrain.npz",
+                                  "frames/play-0009.u8"])
+def test_a_missing_file_is_named_when_the_dataset_is_opened(copied, lost):
+    (copied / lost).unlink()
+    msg = rf"cached dataset {re.escape(str(copied))} is incomplete: 1 file\(s\) that its dataset.json lists"
+    with pytest.raises(FileNotFoundError, match=rf"{msg} do not exist:\n  {lost}\nRerun prepare on it"):
+        load_dataset(copied)
+
+
+def test_missing_token_files_are_tokenized_again(copied, tiny_dataset, smoke_spec):
+    (copied / "tokens" / "play-0001.npy").unlink()
+    (copied / "tokens" / "play-0005.npy").unlink()
+    vqvae_mtime = (copied / "vqvae.pt").stat().st_mtime_ns
+    logs: list[str] = []
+    ds = prepare(smoke_spec, copied, log=logs.append)
+    assert "is incomplete: 2 file(s)" in logs[0] and "tokenizing them again" in logs[0]
+    assert len(logs) == 1  # only that stage: not played, simulated or trained again
+    assert (copied / "vqvae.pt").stat().st_mtime_ns == vqvae_mtime
+    for name in ("play-0001", "play-0005"):
+        assert np.array_equal(ds.tokens(name), tiny_dataset.tokens(name))  # the codes they had
+    assert not list((copied / "tokens").glob(".*"))  # no temp file left
+
+
+def test_a_corrupt_manifest_is_named_and_the_dataset_rebuilt(copied, tiny_dataset, smoke_spec):
+    manifest = copied / "dataset.json"
+    manifest.write_text(manifest.read_text()[:200])  # truncated
+    msg = rf"{re.escape(str(manifest))} cannot be read \(JSONDecodeError: .*\): the cached dataset .* is damaged"
+    with pytest.raises(ValueError, match=msg + ". Rerun prepare, which rebuilds it"):
+        load_dataset(copied)
+    logs: list[str] = []
+    ds = prepare(smoke_spec, copied, log=logs.append)
+    assert logs[0].startswith(f"[prepare] the cached dataset {copied} is damaged: {manifest} cannot be read")
+    assert logs[0].endswith("rebuilding it") and logs[-1].startswith("[prepare] done")
+    for key in ("replays", "runs", "subjects", "data"):
+        assert ds.manifest[key] == tiny_dataset.manifest[key], key
+    assert load_dataset(copied).manifest == ds.manifest
+
+
+@pytest.mark.slow  # a second full build: the same path as a corrupt manifest's
+def test_a_missing_brain_file_rebuilds_the_dataset(copied, smoke_spec):
+    (copied / "brain" / "sub-01" / "simbrain.json").unlink()
+    logs: list[str] = []
+    ds = prepare(smoke_spec, copied, log=logs.append)
+    assert "brain/sub-01/simbrain.json" in logs[0] and logs[0].endswith("rebuilding it")
+    assert logs[-1].startswith("[prepare] done")
+    assert len(ds.subject("sub-01").bold) == smoke_spec.data.n_runs
+
+
+def test_a_damaged_file_is_named_when_it_is_read(copied):
+    tokens = copied / "tokens" / "play-0001.npy"
+    tokens.write_bytes(tokens.read_bytes()[: tokens.stat().st_size // 2])  # header intact, codes cut short
+    (copied / "brain" / "sub-02" / "simbrain.npz").write_bytes(b"")
+    ds = load_dataset(copied)  # opening checks existence only: a trial that never reads them is not failed
+    fix = "it is corrupt or truncated. Delete it and rerun prepare"
+    why = r"\(ValueError: mmap length is greater than file size\)"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tokens))} cannot be read {why}: {fix}"):
+        ds.tokens("play-0001")
+    brain = re.escape(str(copied / "brain" / "sub-02"))
+    with pytest.raises(ValueError, match=rf"{brain} cannot be read \(.*\): {fix}"):
+        ds.subject("sub-02")
+    assert ds.subject("sub-01").bold  # the other files read
+
+
+# ----------------------------------------------------------------------------- damaged BIDS files
+
+
+@pytest.mark.parametrize("name, what", [("run-02_bold.json", "a JSON sidecar"),
+                                        ("run-02_events.tsv", "a tab-separated events file")])
+def test_a_corrupt_bids_file_is_named(tree, tmp_path, name, what):
+    bad = tree["func"] / f"{SUB}_ses-001_task-shinobi_{name}"
+    bad.write_bytes(b'{"RepetitionTime": 1.4' if name.endswith(".json") else b"\xff\xfe\x00 not text")  # cut, garbage
+    spec = _spec(tmp_path, tree["root"], tree["atlas"])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))} cannot be read as {what} \(.*\); it is corrupt"):
+        prepare(spec, tmp_path / "data", log=lambda msg: None)

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -89,3 +90,47 @@ def test_resume_from_the_last_epoch_checkpoint_only_scores(trial_config, tmp_pat
     assert again["step"] == expected["step"] and again["val_loss"] == expected["val_loss"]
     assert again["train_loss"] == expected["train_loss"]
     assert again["brain_r_mean"] == pytest.approx(expected["brain_r_mean"], abs=1e-6)
+
+
+def _truncated(ckpt: dict, path) -> None:
+    torch.save(ckpt, path)
+    path.write_bytes(path.read_bytes()[:1000])  # as a copy cut short leaves it
+
+
+def _garbage(ckpt: dict, path) -> None:
+    path.write_bytes(b"not a checkpoint\n" * 4)
+
+
+def _without_optimizer(ckpt: dict, path) -> None:
+    """Reads, and its model loads, before the restore fails: a partial restore must be undone."""
+    torch.save({k: v for k, v in ckpt.items() if k != "optimizer"}, path)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_truncated, r"cannot be read: it is corrupt or truncated \(RuntimeError: PytorchStreamReader"),
+    (_garbage, r"cannot be read: it is corrupt or truncated \(UnpicklingError\)"),
+    (_without_optimizer, r"does not fit this trial \(KeyError: 'optimizer'\)"),
+], ids=["truncated", "garbage", "partial"])
+@pytest.mark.parametrize("schedule", ["scratch", "reuse"])
+def test_a_damaged_checkpoint_restarts_the_trial_from_scratch(trial_config, tmp_path, capsys, damage, why, schedule):
+    if schedule == "reuse":
+        train = {**trial_config["train"], "data_schedule": "reuse", "lr_schedule": "wsd"}
+        trial_config = {**trial_config, "train": train, "data_frames": 2400, "branches": [1200, 2400]}
+    cfg = {**trial_config, "train": {**trial_config["train"], "epochs": 2}}
+    fresh = Recorder(tmp_path / "fresh")
+    expected = trial.run(cfg, fresh)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    path = damaged / trial.CHECKPOINT
+    damage(torch.load(fresh.checkpoints[0] / trial.CHECKPOINT, weights_only=True), path)
+    resumed = Recorder(tmp_path / "resumed")
+    with pytest.warns(RuntimeWarning, match=rf"{re.escape(str(path))} {why}") as warned:
+        got = trial.run(cfg, resumed, checkpoint_dir=str(damaged))
+    msg = "\n".join(str(w.message) for w in warned)
+    assert "The trial restarts from scratch (step 0)" in msg
+    assert "weights_only" not in msg + "".join(capsys.readouterr())  # torch's advice is not passed on
+    # from scratch: the same start as a new trial (model, optimiser, RNG and counters)
+    assert [(m["step"], m["train_loss"]) for m in resumed.metrics] == [
+        (m["step"], m["train_loss"]) for m in fresh.metrics
+    ]
+    assert got["step"] == expected["step"] and got["val_loss"] == expected["val_loss"]

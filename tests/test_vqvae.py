@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from brainray.vqvae import (
     VQVAE,
     Codebook,
+    CorruptCheckpointError,
     VQVAEConfig,
     load_vqvae,
     pick_device,
     preprocess,
+    read_checkpoint,
     save_reconstructions_png,
     save_vqvae,
     tokenize,
@@ -429,6 +431,21 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"unknown VQVAEConfig keys \['n_layer'\]"):
         load_vqvae(tmp_path / "bad.pt")
 
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "not torch", "empty"])
+def test_a_damaged_checkpoint_is_named_without_unsafe_advice(tmp_path, damage):
+    path = save_vqvae(VQVAE(tiny()), tmp_path / "vqvae.pt")
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "zeroed": bytes(len(data)),
+                      "not torch": b"not a torch file\n" * 9, "empty": b""}[damage])
+    with pytest.raises(CorruptCheckpointError, match=r"Checkpoint .*vqvae.pt cannot be read: it is corrupt") as err:
+        load_vqvae(path)
+    msg = str(err.value)
+    assert "delete the dataset folder and rerun prepare" in msg
+    assert "weights_only" not in msg and err.value.__suppress_context__  # torch's advice is not passed on
+    with pytest.raises(FileNotFoundError, match=r"Checkpoint .*nope.pt does not exist"):
+        read_checkpoint(tmp_path / "nope.pt")
 
 def test_save_reconstructions_png(trained, squares, tmp_path):
     from PIL import Image
