@@ -212,9 +212,11 @@ class TrialLogCallback(tune.Callback):
         self._close(trial, "ERROR", _error_text(trial))
 
     def on_experiment_end(self, trials, **info):
-        # Safety net for events that did not reach this callback (e.g. around a lost node);
-        # trials that are neither finished nor failed are listed, not logged.
+        # Safety net for events that did not reach this callback (e.g. around a lost node), for
+        # the trials that ran in this run; trials that are neither finished nor failed are listed, not logged.
         for trial in trials:
+            if trial.trial_id not in self._started:
+                continue  # finished in an earlier run (its row is there) or never started
             if trial.status == "ERROR":
                 self._close(trial, "ERROR", f"ended ERROR: {_error_text(trial)}")
             elif _finished(trial):
@@ -384,8 +386,9 @@ class TensorBoardCallback(tune.Callback):
 
 
 def _finished(trial) -> bool:
-    """The trial's function returned: its last result is final (``done``), as the trial reported it."""
-    return trial.status == "TERMINATED" and bool((trial.last_result or {}).get("done"))
+    """The trial's function returned: its last result is final (``done``). Not its status: Tune
+    marks a trial it stopped on the way ``TERMINATED`` too, and sets the status after the callbacks."""
+    return bool((trial.last_result or {}).get("done"))
 
 
 def _outcome(trial) -> tuple[str, str | None]:

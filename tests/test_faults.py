@@ -9,6 +9,7 @@ share the smoke preset's dataset (``tiny_dataset``, prepared once per session) t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -191,6 +192,12 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, tiny_
     out = again.stdout + again.stderr
     assert "resuming" in out
     assert "from checkpoint" in out  # the mid-run trial continued from its checkpoint
+    # The killed driver's Ray processes (its dashboard and runtime-env agents outlive it) are gone.
+    from brainray import reaper
+
+    sessions = set(re.findall(r"/tmp/ray/session_[0-9_-]+", (tmp_path / "first.log").read_text()))
+    assert sessions, first_out
+    assert not [pid for s in sessions for pid in reaper.leftovers(s)], "Ray processes outlived their driver"
     log = _assert_one_row_per_trial(root, n_trials)
     assert (log["status"] == "TERMINATED").all(), log[["trial_id", "status", "error"]]
     for name, mtime in done_before.items():  # finished trials were not re-run or re-written
