@@ -22,7 +22,7 @@ import pandas as pd
 from brainray.frontier import fit_law
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "chinchilla_runs.csv"
+FIXTURE = ROOT / "tests" / "fixtures" / "chinchilla_runs.csv"
 TRUTH = (1.817, 482.0, 2085.4, 0.3478, 0.3658)  # Epoch AI's Chinchilla fit as the truth
 EPOCH = {"E": 1.817, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658, "a": 0.513}
 

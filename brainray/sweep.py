@@ -48,8 +48,8 @@ from brainray import triallog
 from brainray.config import SEARCHES, SweepSpec, check_search, stable_hash
 
 __all__ = [
-    "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback", "write_frontier",
-    "EXPERIMENT", "SEARCHES",
+    "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback",
+    "write_frontier", "EXPERIMENT", "SEARCHES",
 ]
 
 EXPERIMENT = "tune"

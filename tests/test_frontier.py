@@ -16,9 +16,7 @@ from brainray.frontier import (
     dtype_comparison, fit_law, pareto_front, simulate_trials,
 )
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "chinchilla_runs.csv"
-if not FIXTURE.exists():  # checkout not under /work
-    FIXTURE = Path("/work/shared/fixtures/chinchilla_runs.csv")
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "chinchilla_runs.csv"  # provenance: fixtures/README.md
 
 # Besiroglu et al. 2024 (arXiv:2404.10102), Table: estimate and bootstrap SE
 EPOCH = {"E": (1.817, 0.026), "A": (482.01, 124.52), "B": (2085.43, 1293.28),

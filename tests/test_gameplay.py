@@ -1,13 +1,12 @@
 """Tests of brainray.gameplay: real emulator runs, no mocks.
 
 The fixture ``airstriker-best.bk2`` and its replay facts (1782 steps, reward 200,
-terminated on the last step) are documented in ``../shared/fixtures/README.md``.
+terminated on the last step) are documented in ``tests/fixtures/README.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 from pathlib import Path
 
@@ -27,15 +26,12 @@ from brainray.gameplay import (
 )
 from brainray.video import resize_frames
 
-FIXTURES = Path(
-    os.environ.get("BRAINRAY_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures")
-)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # provenance: fixtures/README.md
 BEST = FIXTURES / "airstriker-best.bk2"
 SHINOBI = "ShinobiIIIReturnOfTheNinjaMaster-Genesis"
 # sha256 of the 1782 native frames of airstriker-best.bk2 with stable-retro 1.0.1
 BEST_SHA256 = "2a84079056b4e61639e42f08717983fe904ac27d6aaf8f29be5c9526e630b2ca"
 
-needs_best = pytest.mark.skipif(not BEST.exists(), reason=f"fixture {BEST} not found")
 
 
 def sha256(frames: np.ndarray) -> str:
@@ -61,7 +57,6 @@ def best_sha256(best) -> str:
 # ------------------------------------------------------------------- replay
 
 
-@needs_best
 def test_replay_fixture_matches_readme(best):
     assert isinstance(best, Replay)
     assert len(best) == 1782  # 1783 input lines, the first used by movie.step()
@@ -79,13 +74,11 @@ def test_replay_fixture_matches_readme(best):
     assert best.actions[:, best.buttons.index("MODE")].sum() == 0
 
 
-@needs_best
 def test_replay_is_deterministic(best_sha256):
     again = replay_bk2(BEST)  # a second, independent replay
     assert sha256(again) == best_sha256 == BEST_SHA256
 
 
-@needs_best
 def test_replay_resized_on_the_fly(best):
     small = replay(BEST, game="Airstriker-Genesis-v0", size=(64, 48))
     assert small.frames.shape == (1782, 64, 48, 3)
@@ -93,7 +86,6 @@ def test_replay_resized_on_the_fly(best):
     np.testing.assert_array_equal(small.actions, best.actions)
 
 
-@needs_best
 def test_replay_needs_initial_movie_step(best):
     # The README: replaying all 1783 lines (no initial movie.step) goes out of sync.
     movie = stable_retro.Movie(str(BEST))
@@ -122,7 +114,6 @@ def test_replay_garbage_bytes(tmp_path):
         replay(bad)
 
 
-@needs_best
 def test_replay_truncated(tmp_path):
     bad = tmp_path / "truncated.bk2"
     bad.write_bytes(BEST.read_bytes()[:4000])
@@ -138,7 +129,6 @@ def test_replay_zip_without_movie_entries(tmp_path):
         replay(bad)
 
 
-@needs_best
 def test_replay_corrupt_entry(tmp_path):
     data = bytearray(BEST.read_bytes())
     with zipfile.ZipFile(BEST) as zf:
@@ -151,7 +141,6 @@ def test_replay_corrupt_entry(tmp_path):
         replay(bad)
 
 
-@needs_best
 def test_replay_closes_emulator_on_error():
     with pytest.raises(FileNotFoundError, match=SHINOBI):
         replay(BEST, game=SHINOBI)
