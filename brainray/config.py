@@ -1,6 +1,6 @@
 """Sweep specs: one dataclass per concern, YAML overrides, validation before anything runs.
 
-A preset is a YAML file of overrides on these defaults (``sweeps/presets/*.yaml``). Every
+A preset is a YAML file of overrides on these defaults (``brainray/presets/*.yaml``, shipped with the package). Every
 problem in a spec is collected and reported at once, naming the file and the key.
 """
 
@@ -40,7 +40,7 @@ __all__ = [
     "DATA_SOURCES",
 ]
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: found after `pip install .` too
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 DTYPES = ("fp32", "fp16", "bf16")
 DATA_SOURCES = ("simulated", "cneuromod")

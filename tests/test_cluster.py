@@ -235,7 +235,7 @@ def test_rayignore_keeps_outputs_out_of_job_uploads(tmp_path):
 
     src = tmp_path / "repo"
     files = [
-        "brainray/sweep.py", "sweeps/scaling.py", "sweeps/presets/paper.yaml", "cluster.yaml",
+        "brainray/sweep.py", "sweeps/scaling.py", "brainray/presets/paper.yaml", "cluster.yaml",
         "results/demo/trials/part-0.parquet", "results/README.md", "results/benchmarks/ridge.json",
         ".venv/bin/python", "brainray/__pycache__/sweep.cpython-311.pyc", "data/shinobi/x.nii.gz",
     ]
@@ -248,6 +248,6 @@ def test_rayignore_keeps_outputs_out_of_job_uploads(tmp_path):
     # RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 turns .gitignore off; .rayignore alone must still hold.
     _zip_files(str(src), [], str(out), include_gitignore=False)
     names = set(zipfile.ZipFile(out).namelist())
-    for kept in ("brainray/sweep.py", "sweeps/scaling.py", "sweeps/presets/paper.yaml", "cluster.yaml"):
+    for kept in ("brainray/sweep.py", "sweeps/scaling.py", "brainray/presets/paper.yaml", "cluster.yaml"):
         assert kept in names
     assert not [n for n in names if n.startswith(("results/", ".venv/", "data/")) or "__pycache__" in n], names

@@ -91,7 +91,7 @@ def _until(fn, timeout_s: float, what: str):
 
 def _smoke_spec(tmp_path, **train) -> Path:
     """The smoke preset for a joined CPU-only cluster (gpus_per_trial 0: 'auto' is refused there)."""
-    smoke = yaml.safe_load((REPO / "sweeps" / "presets" / "smoke.yaml").read_text())
+    smoke = yaml.safe_load((REPO / "brainray" / "presets" / "smoke.yaml").read_text())
     smoke["name"] = "live"
     smoke["train"].update(train)
     smoke["resources"].update(max_failures=3, gpus_per_trial=0)

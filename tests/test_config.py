@@ -265,3 +265,20 @@ def test_search_space_without_a_width_that_the_heads_divide():
     with pytest.raises(ValueError, match=r"no multiple of n_head=32 lies in axes.n_embd's range \[8, 16\]"):
         SearchSpace(spec)
     assert SearchSpace(load_spec("demo")).n_embd_range == (16, 96)
+
+
+def test_presets_are_found_in_an_installed_wheel(tmp_path):
+    """`pip install .` (not editable) ships the presets as package data."""
+    repo = Path(__file__).resolve().parent.parent
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", str(repo), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl")],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next((tmp_path / "whl").glob("brainray-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=600)
+    code = "import brainray.config as c; print(c.__file__); print(c.load_spec('smoke').name, c.load_spec('paper').name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    where, names = out.stdout.splitlines()
+    assert where.startswith(str(tmp_path / "site")) and names == "smoke paper"
