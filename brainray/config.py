@@ -49,7 +49,7 @@ SEARCHES = ("grid", "optuna")
 # Mirrors of other modules' constants (tests/test_config.py checks them): config imports no emulator.
 _POLICIES = ("scripted", "random")  # brainray.gameplay.POLICIES
 _SIM_SUBJECTS = 4  # len(brainray.simbrain.SUBJECTS)
-_FPS = 60.0  # Hz of the recorded gameplay (brainray.prepare.FPS)
+_FPS = 60.0  # Hz of the recorded gameplay (brainray.dataset.FPS)
 
 
 class SpecError(ValueError):

@@ -15,7 +15,6 @@ over seeds, and ``data_exponents`` fits the data exponent beta on each schedule 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -46,6 +46,7 @@ from brainray import prepare as prep
 from brainray import trial as trial_mod
 from brainray import triallog
 from brainray.config import SEARCHES, SweepSpec, check_search, stable_hash
+from brainray.dataset import Dataset, load_dataset
 
 __all__ = [
     "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback",
@@ -441,7 +442,7 @@ def _prepare_task(spec: SweepSpec, root: str, lines) -> str:
     return root
 
 
-def _prepare(spec: SweepSpec, data_root: str, log: Log) -> prep.Dataset:
+def _prepare(spec: SweepSpec, data_root: str, log: Log) -> Dataset:
     from ray.util.queue import Queue
 
     lines = Queue(actor_options={"num_cpus": 0})
@@ -456,7 +457,7 @@ def _prepare(spec: SweepSpec, data_root: str, log: Log) -> prep.Dataset:
         ray.get(task)  # raises the prepare's own error
     finally:
         lines.shutdown()
-    return prep.load_dataset(data_root)
+    return load_dataset(data_root)
 
 
 class SweepInterrupted(RuntimeError):

@@ -34,7 +34,7 @@ import torch
 from brainray import encoding, gpt, schedule, vqvae
 from brainray.config import TrainSpec
 from brainray.devices import pick_device, use_tf32
-from brainray.prepare import FPS, Dataset, load_dataset
+from brainray.dataset import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
 __all__ = ["run", "score_brain", "CHECKPOINT"]

@@ -134,3 +134,16 @@ def test_a_damaged_checkpoint_restarts_the_trial_from_scratch(trial_config, tmp_
         (m["step"], m["train_loss"]) for m in fresh.metrics
     ]
     assert got["step"] == expected["step"] and got["val_loss"] == expected["val_loss"]
+
+
+def test_a_trial_worker_imports_neither_the_emulator_nor_the_fmri_stack():
+    """Trials read a prepared dataset through ``brainray.dataset`` only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, brainray.trial; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('stable_retro', 'retro', 'nilearn', 'nibabel') or m in ('brainray.prepare', 'brainray.gameplay', "
+            "'brainray.fmri')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
