@@ -294,6 +294,10 @@ class AxesSpec:
     ``design: grid`` is the full product. ``design: lines`` varies one axis at a time
     around ``reference`` (the paper's design), plus the full ``data_frames x n_embd``
     grid when ``cross: true`` so that the joint law L(N, D) can be fitted.
+
+    ``heads_for_width`` gives the head count of a width that the reference's ``n_head`` does
+    not divide (the paper's widths 6, 15, 30, ... with its 4 heads): trials at that width
+    outside the heads line use it, and log it in ``n_head``.
     """
 
     design: str = "lines"
@@ -309,6 +313,7 @@ class AxesSpec:
     n_head: list[int] = field(default_factory=lambda: [1, 2, 4])
     dtype: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
     seed: list[int] = field(default_factory=lambda: [0])
+    heads_for_width: dict[int, int] = field(default_factory=dict)
 
     _RULES: ClassVar[dict[str, _Rule]] = {  # what each value of an axis must be
         **{a: _int(1) for a in ("data_frames", "n_embd", "n_layer", "n_head")},
@@ -332,6 +337,9 @@ class AxesSpec:
                 p.append(f"'axes.reference' lacks {axis!r}")
             elif not rule.ok(self.reference[axis]):
                 p.append(f"'axes.reference.{axis}' must be {rule.what}; got {self.reference[axis]!r}")
+        for w, h in self.heads_for_width.items():
+            if not (_int(1).ok(w) and _int(1).ok(h) and w % h == 0):
+                p.append(f"'axes.heads_for_width' maps widths to head counts that divide them; got {w!r}: {h!r}")
         unknown_ref = set(self.reference) - set(AXES)
         if unknown_ref:
             p.append(f"unknown keys in 'axes.reference': {sorted(unknown_ref)}; known: {list(AXES)}")
@@ -355,6 +363,12 @@ class AxesSpec:
             for axis in AXES:
                 for v in getattr(self, axis):
                     rows.append({**self.reference, axis: v})
+        if self.design == "lines":  # the heads line keeps its own head counts
+            rows = [
+                {**r, "n_head": self.heads_for_width.get(r["n_embd"], r["n_head"])}
+                if r["n_head"] == self.reference["n_head"] else r
+                for r in rows
+            ]
         seen, out = set(), []
         for r in rows:
             key = tuple(r[a] for a in AXES)

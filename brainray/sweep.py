@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -366,7 +367,7 @@ class TensorBoardCallback(tune.Callback):
         w = self._writers[key]
         for k in self.KEYS:
             v = result.get(k)
-            if isinstance(v, (int, float)) and v == v:
+            if isinstance(v, (int, float)) and math.isfinite(v):  # a missing value is not a point (nor a warning)
                 w.add_scalar(k, v, global_step=result.get("step", 0))
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -282,3 +282,22 @@ def test_presets_are_found_in_an_installed_wheel(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     where, names = out.stdout.splitlines()
     assert where.startswith(str(tmp_path / "site")) and names == "smoke paper"
+
+
+def test_the_paper_preset_keeps_the_papers_widths_with_heads_that_divide_them():
+    spec = load_spec("paper")
+    assert spec.axes.n_embd == [6, 15, 30, 63, 126, 255, 576, 1024]
+    trials = spec.axes.trials()
+    assert all(t["n_embd"] % t["n_head"] == 0 for t in trials)
+    assert {t["n_head"] for t in trials if t["n_embd"] < 576} == {3}
+    assert sorted(t["n_head"] for t in trials if t["n_embd"] == 576 and t["n_layer"] == 8
+                  and t["data_frames"] == 6_000_000 and t["dtype"] == "fp16") == [1, 2, 4, 8]  # the heads line
+
+
+def test_heads_for_width_must_divide_the_width(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("axes:\n  n_embd: [15, 48]\n  heads_for_width: {15: 2}\n")
+    with pytest.raises(SpecError, match="heads_for_width.*15: 2"):
+        load_spec(str(path))
+    path.write_text("axes:\n  n_embd: [15, 48]\n  heads_for_width: {15: 5}\n")
+    assert {(t["n_embd"], t["n_head"]) for t in load_spec(str(path)).axes.trials()} >= {(15, 5), (48, 2)}
