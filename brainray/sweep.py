@@ -70,7 +70,10 @@ def trainable(config: dict[str, Any]) -> None:
     flat = {**{k: v for k, v in config.items() if k != "trial"}, **config["trial"]}
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        clean = {k: v for k, v in metrics.items() if v is not None}
+        # A missing value is left out, not sent as NaN: Tune's own TensorBoard logger warns once per NaN.
+        # The sweep's metric stays in every report, as Tune requires.
+        clean = {k: v for k, v in metrics.items()
+                 if v is not None and (k == "val_loss" or not isinstance(v, float) or math.isfinite(v))}
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(clean, checkpoint=ckpt)
 
