@@ -217,14 +217,13 @@ class TrialLogCallback(tune.Callback):
         self._close(trial, "ERROR", _error_text(trial))
 
     def on_experiment_end(self, trials, **info):
-        # Safety net for events that did not reach this callback (e.g. around a lost node), for
-        # the trials that ran in this run; trials that are neither finished nor failed are listed, not logged.
+        # Safety net for events that did not reach this callback (e.g. around a lost node, or a
+        # trial Tune failed before it started); trials that are neither finished nor failed are
+        # listed, not logged.
         for trial in trials:
-            if trial.trial_id not in self._started:
-                continue  # finished in an earlier run (its row is there) or never started
             if trial.status == "ERROR":
                 self._close(trial, "ERROR", f"ended ERROR: {_error_text(trial)}")
-            elif _finished(trial):
+            elif _finished(trial) and trial.trial_id in self._started:  # else: logged by an earlier run
                 self._close(trial, *_outcome(trial))
         self._flush()
         self.unfinished = [t.trial_id for t in trials if not (t.status == "ERROR" or _finished(t))]

@@ -146,12 +146,18 @@ def _slow_teardown() -> None:
 
 
 @pytest.mark.slow
-def test_actor_reuse_loses_no_trial_when_a_finished_trial_is_slow_to_end(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("tune_wait", [None, "1"], ids=["brainray-policy", "tune-default-wait-too-short"])
+def test_actor_reuse_loses_no_trial_when_a_finished_trial_is_slow_to_end(tmp_path, tiny_dataset, monkeypatch,
+                                                                        tune_wait):
+    """With brainray's policy every trial finishes. With a wait set too short (Tune's own 2 s is, on a
+    busy machine) Tune fails the trials it could not hand over: each still gets an ERROR row."""
     import ray
     import ray.cloudpickle
 
     from brainray.sweep import run_sweep
 
+    if tune_wait:
+        monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", tune_wait)  # a user's own setting is kept
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook runs where this file is not
     spec_path = _write_spec(tmp_path, "reuse", resources={"max_failures": 0})
     spec = load_spec(str(spec_path))
@@ -163,7 +169,11 @@ def test_actor_reuse_loses_no_trial_when_a_finished_trial_is_slow_to_end(tmp_pat
         ray.shutdown()
     log = _rows(tmp_path / "reuse")
     assert len(log) == len(spec.axes.trials()), log
-    assert (log["status"] == "TERMINATED").all(), log.loc[log["status"] != "TERMINATED", "error"].tolist()
+    if tune_wait is None:
+        assert (log["status"] == "TERMINATED").all(), log.loc[log["status"] != "TERMINATED", "error"].tolist()
+    else:
+        failed = log[log["status"] == "ERROR"]
+        assert len(failed) and failed["error"].str.contains("reuse", case=False).all(), failed["error"].tolist()
 
 
 # -- two drivers, one sweep ---------------------------------------------------------------------
