@@ -66,7 +66,9 @@ def trainable(config: dict[str, Any]) -> None:
     """Tune function trainable: flatten the grid point, resume, run the plain trial."""
     for name in _CHECKPOINT_LOGGERS:  # one "Checkpoint successfully created" line per epoch is noise
         logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault(*_REUSE_WAIT)  # read by Tune in this process when it reuses it for the next trial
+    # Read by Tune in this process when it reuses it for the next trial (a user's own value is kept);
+    # set here, the one place that runs in every trial's process however Ray was started.
+    os.environ.setdefault(*_REUSE_WAIT)
     flat = {**{k: v for k, v in config.items() if k != "trial"}, **config["trial"]}
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -587,15 +589,13 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
     /tmp/ray/ray_current_cluster (another user's, or one left by a killed driver) and then
     refuse num_cpus, so no address always means "local".
     """
-    os.environ.setdefault(*_REUSE_WAIT)  # a local instance's workers inherit it
     if address is None:
-        ctx = ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, include_dashboard=False,
-                       runtime_env={"env_vars": dict([_REUSE_WAIT])})
+        ctx = ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, include_dashboard=False)
         reaper.watch(os.getpid(), ctx.address_info["session_dir"])
         return
     _check_reachable(address)
     try:
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict([_REUSE_WAIT])})
+        ray.init(address=address, log_to_driver=True)
     except ConnectionError as e:
         raise ValueError(f"--address {address}: {e}") from e
 
