@@ -42,6 +42,8 @@ __all__ = [
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: found after `pip install .` too
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
+#: Control trials: "untrained" scores the reference model with its initial weights.
+CONTROLS = ("untrained",)
 DTYPES = ("fp32", "fp16", "bf16")
 DATA_SOURCES = ("simulated", "cneuromod")
 DATA_SCHEDULES = ("scratch", "reuse")
@@ -212,6 +214,7 @@ class TokenizerSpec:
     embedding_dim: int = 32
     steps: int = 300
     batch_size: int = 16
+    lr: float = 3e-4  # Adam; the paper's fork uses 3e-4, the small demo tokenizer learns faster at 1e-3
 
     def problems(self) -> list[str]:
         """Every problem of these settings (the rules of ``brainray.vqvae.VQVAEConfig``, by key)."""
@@ -225,7 +228,7 @@ class TokenizerSpec:
                                lambda v: _is_int(v) and v >= 2 and v % 2 == 0),
             "n_res_layers": _int(0),
             "n_codes": _int(2, 2**15, why="tokens are stored as int16"),
-            "embedding_dim": _int(1), "steps": _int(1), "batch_size": _int(1),
+            "embedding_dim": _int(1), "steps": _int(1), "batch_size": _int(1), "lr": _POSITIVE,
         })
 
 
@@ -298,6 +301,11 @@ class AxesSpec:
     ``heads_for_width`` gives the head count of a width that the reference's ``n_head`` does
     not divide (the paper's widths 6, 15, 30, ... with its 4 heads): trials at that width
     outside the heads line use it, and log it in ``n_head``.
+
+    ``controls`` adds control trials at the reference, one per seed: ``"untrained"`` scores
+    the reference model with its initial weights (same features, same ridge), so that the
+    report can say what training adds. Their rows have ``control = "untrained"`` and are
+    left out of every fit, frontier and allocation.
     """
 
     design: str = "lines"
@@ -314,6 +322,7 @@ class AxesSpec:
     dtype: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
     seed: list[int] = field(default_factory=lambda: [0])
     heads_for_width: dict[int, int] = field(default_factory=dict)
+    controls: list[str] = field(default_factory=lambda: ["untrained"])
 
     _RULES: ClassVar[dict[str, _Rule]] = {  # what each value of an axis must be
         **{a: _int(1) for a in ("data_frames", "n_embd", "n_layer", "n_head")},
@@ -337,6 +346,8 @@ class AxesSpec:
                 p.append(f"'axes.reference' lacks {axis!r}")
             elif not rule.ok(self.reference[axis]):
                 p.append(f"'axes.reference.{axis}' must be {rule.what}; got {self.reference[axis]!r}")
+        if not isinstance(self.controls, list) or not set(self.controls) <= set(CONTROLS):
+            p.append(f"'axes.controls' must be a list of {list(CONTROLS)} (or []); got {self.controls!r}")
         for w, h in self.heads_for_width.items():
             if not (_int(1).ok(w) and _int(1).ok(h) and w % h == 0):
                 p.append(f"'axes.heads_for_width' maps widths to head counts that divide them; got {w!r}: {h!r}")
@@ -376,6 +387,12 @@ class AxesSpec:
                 seen.add(key)
                 out.append(r)
         return out
+
+    def control_trials(self) -> list[dict[str, Any]]:
+        """The control configs: the reference (with its width's heads) at each seed, per control."""
+        ref = dict(self.reference)
+        ref["n_head"] = self.heads_for_width.get(ref["n_embd"], ref["n_head"])
+        return [{**ref, "seed": s, "control": c} for c in self.controls for s in dict.fromkeys(self.seed)]
 
 
 @dataclass
@@ -419,14 +436,15 @@ class SweepSpec:
         """What Tune runs: one config per trial; with ``train.data_schedule: reuse`` one per model
         config, with its data sizes in ``branches`` (``data_frames`` is the largest)."""
         trials = self.axes.trials()
+        controls = self.axes.control_trials()  # never trained, so never grouped for reuse
         if self.train.data_schedule != "reuse":
-            return trials
+            return trials + controls
         groups: dict[tuple, dict[str, Any]] = {}
         for t in trials:
             group = groups.setdefault(tuple(t[a] for a in AXES if a != "data_frames"), {**t, "branches": []})
             group["branches"] = sorted({*group["branches"], t["data_frames"]})
             group["data_frames"] = group["branches"][-1]
-        return list(groups.values())
+        return list(groups.values()) + controls
 
     def data_key(self) -> str:
         """Hash of everything the prepared dataset and tokens depend on."""

@@ -63,6 +63,7 @@ __all__ = [
     "make_delays",
     "pearson_r",
     "resample_to_tr",
+    "summarize_families",
     "summarize_scores",
 ]
 
@@ -366,6 +367,30 @@ def summarize_scores(r: Any, ceiling: Any = None) -> dict[str, float | None]:
             raise ValueError("ceiling has no finite positive entry; pass ceiling=None "
                              "when the noise ceiling is unknown.")
         out["ceiling_frac"] = float(np.mean(r[ok] / c[ok]))
+    return out
+
+
+def summarize_families(r: Any, families: Any, ceiling: Any = None) -> dict[str, float | None]:
+    """Per parcel family: ``brain_r_<family>`` (mean r over its parcels) and
+    ``ceiling_frac_<family>`` (mean r / ceiling over those with a ceiling > 0; None when
+    the family has none, as noise parcels, or when ``ceiling`` is None).
+
+    Examples
+    --------
+    >>> summarize_families([0.1, 0.3, 0.0], ["visual", "object", "none"], [0.2, 0.6, 0.0])["ceiling_frac_object"]
+    0.5
+    """
+    r = np.asarray(r, dtype=np.float64).ravel()
+    families = np.asarray(families, dtype=str).ravel()
+    if families.shape != r.shape:
+        raise ValueError(f"families must name one family per parcel: {r.size} scores, {families.size} families.")
+    c = None if ceiling is None else np.broadcast_to(np.asarray(ceiling, dtype=np.float64), r.shape)
+    out: dict[str, float | None] = {}
+    for fam in dict.fromkeys(families):  # first-seen order
+        sel = families == fam
+        out[f"brain_r_{fam}"] = float(r[sel].mean())
+        ok = sel & np.isfinite(c) & (c > 0) if c is not None else None
+        out[f"ceiling_frac_{fam}"] = float(np.mean(r[ok] / c[ok])) if ok is not None and ok.any() else None
     return out
 
 

@@ -46,7 +46,10 @@ __all__ = [
     "allocation_discrete",
     "config_frontier",
     "axis_effects",
+    "control_rows",
     "dtype_comparison",
+    "score_families",
+    "training_effect",
     "analyze",
     "analysis_to_dict",
     "simulate_trials",
@@ -965,6 +968,81 @@ def axis_effects(trials_df: pd.DataFrame, metric: str,
                                        "se", "held", "reference"])
 
 
+_SUMMARY_SCORES = ("brain_r_mean", "brain_r_max", "brain_r_top10")
+
+
+def score_families(trials_df: pd.DataFrame) -> list[str]:
+    """The parcel families with a ``brain_r_<family>`` column (simulated brains), in column order."""
+    return [c.removeprefix("brain_r_") for c in trials_df.columns
+            if c.startswith("brain_r_") and c not in _SUMMARY_SCORES]
+
+
+def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
+    """What training adds to the brain score, per parcel family, against seed noise.
+
+    Compares the untrained controls (``control == "untrained"``: the reference model with
+    its initial weights, one per seed) with the trained trials: the same config trained, at
+    the same seeds, and the best trained trial of the sweep. The seed noise is the standard
+    deviation over the seeds of the trained reference (ddof 1; NaN with fewer than 2 seeds).
+
+    Returns
+    -------
+    DataFrame, one row per score (``brain_r_mean`` first, then each family), with columns
+    ``score, untrained, untrained_sd, trained, seed_sd, n_seeds, gain, gain_ci_lo,
+    gain_ci_hi, best, best_trial, best_gain, margin, separates``: ``gain`` is trained minus
+    untrained at the reference (95 % Welch interval over seeds), ``best_gain`` the best
+    trained trial minus the untrained mean, ``margin`` = max(5 seed s.d., 0.05), and
+    ``separates`` says whether ``best_gain`` exceeds it. Empty without control rows.
+    """
+    cols = ["score", "untrained", "untrained_sd", "trained", "seed_sd", "n_seeds", "gain",
+            "gain_ci_lo", "gain_ci_hi", "best", "best_trial", "best_gain", "margin", "separates"]
+    controls = control_rows(trials_df)
+    usable, _ = _split_usable(trials_df)
+    if controls.empty or usable.empty:
+        return pd.DataFrame(columns=cols)
+    keys = [a for a in ("data_frames", "n_embd", "n_layer", "n_head", "dtype") if a in controls.columns]
+    ref = controls.iloc[0]
+    same = np.ones(len(usable), dtype=bool)
+    for k in keys:
+        same &= (usable[k] == ref[k]).to_numpy()
+    matched = usable[same]
+    rows = []
+    for score in ["brain_r_mean"] + [f"brain_r_{f}" for f in score_families(trials_df)]:
+        c = controls[score].to_numpy(float)
+        t = matched[score].to_numpy(float) if score in matched else np.array([])
+        c, t = c[np.isfinite(c)], t[np.isfinite(t)]
+        if not len(c) or not usable[score].notna().any():
+            continue
+        sd = float(np.std(t, ddof=1)) if len(t) >= 2 else math.nan
+        gain = float(t.mean() - c.mean()) if len(t) else math.nan
+        lo, hi = _welch_ci(t, c)
+        best_i = usable[score].idxmax()
+        best = float(usable.loc[best_i, score])
+        margin = max(5 * sd, 0.05) if math.isfinite(sd) else 0.05
+        rows.append(dict(
+            score=score, untrained=float(c.mean()), untrained_sd=float(np.std(c, ddof=1)) if len(c) >= 2 else math.nan,
+            trained=float(t.mean()) if len(t) else math.nan, seed_sd=sd, n_seeds=len(t), gain=gain,
+            gain_ci_lo=lo, gain_ci_hi=hi, best=best, best_trial=str(usable.loc[best_i, "trial_id"]),
+            best_gain=best - float(c.mean()), margin=margin, separates=bool(best - c.mean() > margin),
+        ))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Welch t interval of mean(a) - mean(b); NaN when either has fewer than 2 values."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        d = float(a.mean() - b.mean())
+        return d, d
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    h = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    d = float(a.mean() - b.mean())
+    return d - h, d + h
+
+
 def dtype_comparison(trials_df: pd.DataFrame, baseline: str = "fp32") -> pd.DataFrame:
     """Speed ratio and score difference of half precision vs fp32 at matched configs.
 
@@ -1021,6 +1099,14 @@ def dtype_comparison(trials_df: pd.DataFrame, baseline: str = "fp32") -> pd.Data
 # ---------------------------------------------------------------------------------------
 
 
+def control_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished control trials (``control`` non-empty, TERMINATED) of a trial table."""
+    if "control" not in df.columns:
+        return df.iloc[:0]
+    is_control = df["control"].map(lambda c: isinstance(c, str) and bool(c))
+    return df[is_control & (df["status"] == "TERMINATED")].reset_index(drop=True)
+
+
 def _split_usable(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Usable rows, and a table (trial_id, status, reason) of the rows left out."""
     missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
@@ -1031,7 +1117,10 @@ def _split_usable(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     keep = np.ones(len(df), dtype=bool)
     for i, (_, row) in enumerate(df.iterrows()):
         why = []
-        if row["status"] != "TERMINATED":
+        control = row.get("control", None)
+        if isinstance(control, str) and control:
+            why.append(f"control ({control}): compared with the trained trials, never fitted")
+        elif row["status"] != "TERMINATED":
             err = row.get("error", None)
             err = "" if err is None or (isinstance(err, float) and math.isnan(err)) \
                 else f": {str(err).strip().splitlines()[-1][:160]}" if str(err).strip() \
@@ -1122,7 +1211,8 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
                         f"{type(trials_df).__name__}.")
     usable, left_out = _split_usable(trials_df)
     out: dict[str, Any] = dict(n_trials=len(trials_df), n_usable=len(usable),
-                               usable=usable, left_out=left_out, fits={}, fit_errors={})
+                               usable=usable, left_out=left_out, fits={}, fit_errors={},
+                               controls=control_rows(trials_df))
     try:
         _check_fit_axes(usable)
         fit_error = None
@@ -1158,6 +1248,7 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
     out["fronts"] = fronts
     out["effects"] = {m: axis_effects(usable, m) for m in ("val_loss", "brain_r_mean")}
     out["dtype"] = dtype_comparison(usable)
+    out["training_effect"] = training_effect(trials_df)
 
     if len(usable):
         ratio = usable["train_flops"] / (usable["params_nonembed"] * usable["tokens"])
@@ -1207,6 +1298,8 @@ def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         "fronts": analysis["fronts"],
         "effects": {m: e.to_dict(orient="records") for m, e in analysis["effects"].items()},
         "dtype": analysis["dtype"].to_dict(orient="records"),
+        "training_effect": analysis["training_effect"].to_dict(orient="records")
+        if "training_effect" in analysis else [],
         "paper_dtype": PAPER_DTYPE,
     })
 

@@ -82,6 +82,8 @@ class Replay:
         player, names are prefixed ``"P1 "``, ``"P2 "``, ...).
     game : str
         The stable-retro game that was replayed, e.g. ``"Airstriker-Genesis-v0"``.
+    observed : ndarray of shape (n_frames, ...) or None
+        What ``replay(..., observe=...)`` measured on the native frames; None without it.
     """
 
     frames: np.ndarray
@@ -89,6 +91,7 @@ class Replay:
     rewards: np.ndarray
     buttons: list[str] = field(default_factory=list)
     game: str = DEFAULT_GAME
+    observed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -239,6 +242,7 @@ def replay(
     game: str | None = None,
     *,
     size: int | tuple[int, int] | None = None,
+    observe: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Replay:
     """Replay a ``.bk2`` movie in the emulator, exactly as it was recorded.
 
@@ -253,6 +257,11 @@ def replay(
         If given, frames are resized on the fly with
         :func:`brainray.video.resize_frames` to ``(size, size)`` or ``(height,
         width)``, so a long movie never holds its native frames in memory.
+    observe : callable or None, default=None
+        Called on consecutive chunks of native frames, (k, height, width, 3) uint8, in
+        order; it returns one row per frame, (k, ...). The rows, concatenated, are
+        ``Replay.observed``: what is measured on the native screen before resizing
+        (``brainray.gamestate.object_state``, for example).
 
     Returns
     -------
@@ -291,7 +300,8 @@ def replay(
             from brainray.video import resize_frames
 
             frames = np.empty((n, *resize_frames(obs[None], size).shape[1:]), dtype=np.uint8)
-            chunk = np.empty((min(_CHUNK, max(n, 1)), *obs.shape), dtype=np.uint8)
+        chunk = np.empty((min(_CHUNK, max(n, 1)), *obs.shape), dtype=np.uint8)
+        observed: list[np.ndarray] = []
         actions = np.zeros((n, players * n_buttons), dtype=bool)
         rewards = np.zeros(n, dtype=np.float32)
         for i in range(n):
@@ -307,18 +317,24 @@ def replay(
             rewards[i] = np.sum(rew)
             if size is None:
                 frames[i] = obs
-            else:
+            if size is not None or observe is not None:
                 chunk[i % _CHUNK] = obs
                 if i % _CHUNK == _CHUNK - 1 or i == n - 1:
                     k = i % _CHUNK + 1
-                    frames[i - k + 1 : i + 1] = resize_frames(chunk[:k], size)
+                    if size is not None:
+                        frames[i - k + 1 : i + 1] = resize_frames(chunk[:k], size)
+                    if observe is not None:
+                        observed.append(np.asarray(observe(chunk[:k])))
         buttons = list(env.buttons)
     finally:
         env.close()
         movie.close()
     if players > 1:
         buttons = [f"P{p + 1} {b}" for p in range(players) for b in buttons]
-    return Replay(frames=frames, actions=actions, rewards=rewards, buttons=buttons, game=name)
+    return Replay(
+        frames=frames, actions=actions, rewards=rewards, buttons=buttons, game=name,
+        observed=np.concatenate(observed) if observed else None,
+    )
 
 
 def replay_bk2(path: str | os.PathLike, game: str | None = None) -> np.ndarray:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import time
 import warnings
@@ -53,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from brainray import fmri, gameplay, simbrain, video, vqvae
+from brainray import fmri, gameplay, gamestate, simbrain, video, vqvae
 from brainray.config import DataSpec, SpecError, SweepSpec, TokenizerSpec
 from brainray.dataset import (
     _DAMAGED, FPS, MANIFEST, Dataset, SubjectBold, _incomplete, _missing, _read_manifest, _reading, _why, load_dataset,
@@ -88,16 +89,22 @@ def _cached(root: Path, log: Log) -> Dataset | None:
     return None
 
 
-def _record(args: tuple[str, int, int, str, str, int]) -> dict[str, Any]:
-    """Record one play, replay it from its bk2, resize and store the frames (one task)."""
-    root, seed, n_frames, game, policy, size = args
+def _record(args: tuple[str, int, int, str, str, int, bool]) -> dict[str, Any]:
+    """Record one play, replay it from its bk2, resize and store the frames (one task).
+
+    With ``observe``, the game's object state is also read from the native frames while
+    replaying (``gamestate.Tracker``) and stored beside the actions, as ``state``.
+    """
+    root, seed, n_frames, game, policy, size, observe = args
     root_p = Path(root)
     name = f"play-{seed:04d}"
     bk2 = gameplay.record_play(root_p / "replays" / f"{name}.bk2", n_frames, seed=seed, game=game, policy=policy)
-    rep = gameplay.replay(bk2, size=size)  # resized while replaying: native frames are never all held
+    # resized while replaying: native frames are never all held
+    rep = gameplay.replay(bk2, size=size, observe=gamestate.Tracker() if observe else None)
     frames = rep.frames
     video.FrameStore(root_p / "frames").write(name, frames)
-    np.savez(root_p / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards)
+    extra = {} if rep.observed is None else {"state": rep.observed}
+    np.savez(root_p / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards, **extra)
     return {"name": name, "n_frames": int(len(frames)), "bk2": f"replays/{name}.bk2"}
 
 
@@ -381,7 +388,8 @@ def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str
         got, rounds, per_play = 0, 0, d.replay_frames
         while got < target:
             n = max(1, -(-(target - got) // per_play))  # a play ends early at game over
-            jobs = [(str(root), seed + i, d.replay_frames, d.game, d.policy, d.frame_size) for i in range(n)]
+            observe = split == "stim" and d.game in gamestate.GAMES  # the brain reads the stimulus only
+            jobs = [(str(root), seed + i, d.replay_frames, d.game, d.policy, d.frame_size, observe) for i in range(n)]
             seed += n
             t0 = time.perf_counter()
             done = map_fn(_record, jobs)
@@ -421,7 +429,7 @@ def _runs(d: DataSpec, replays: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> simbrain.RunStimulus:
     """The 60 Hz stimulus of one run: its plays at their onsets, a blank screen between."""
     store = video.FrameStore(root / "frames")
-    frames, actions, rewards = [], [], []
+    frames, actions, rewards, states = [], [], [], []
     for seg in run["segments"]:
         path = root / "actions" / f"{seg['replay']}.npz"
         with _reading(path):
@@ -429,15 +437,23 @@ def _run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> si
         frames.append(np.asarray(store.open(seg["replay"])[: seg["n_frames"]]))
         actions.append(act["actions"][: seg["n_frames"]])
         rewards.append(act["rewards"][: seg["n_frames"]])
+        states.append(act["state"][: seg["n_frames"]] if "state" in act else None)
     return simbrain.RunStimulus(
         frames=frames, actions=actions, rewards=rewards, fps=FPS,
         onsets=[seg["onset"] for seg in run["segments"]], duration=n_vols * tr,
+        state=states if all(s is not None for s in states) else None,
     )
 
 
 def _brain(d: DataSpec, root: Path, runs: list[dict[str, Any]], log: Log) -> None:
     stimuli = [_run_stimulus(root, r, d.run_vols, d.tr) for r in runs]
-    config = simbrain.SimBrainConfig(n_parcels=d.n_parcels, tr=d.tr, seed=d.seed)
+    if all(s.state is not None for s in stimuli):
+        fractions = simbrain.GAME_FRACTIONS
+    else:
+        fractions = simbrain.SimBrainConfig().fractions
+        log(f"[brain] brainray.gamestate cannot read {d.game} screens (it reads {list(gamestate.GAMES)}): "
+            f"no {'/'.join(simbrain.STATE_TYPES)} parcels, only pixel-driven ones")
+    config = simbrain.SimBrainConfig(n_parcels=d.n_parcels, tr=d.tr, seed=d.seed, fractions=dict(fractions))
     for subject in simbrain.SUBJECTS[: d.n_subjects]:
         data = simbrain.simulate_subject(stimuli, subject, config)
         data.save(root / "brain" / subject)
@@ -458,6 +474,7 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
         n_res_layers=tk.n_res_layers,
         n_codes=tk.n_codes,
         embedding_dim=tk.embedding_dim,
+        lr=tk.lr,
     )
     span = tk.clip_frames * tk.time_downsample
 
@@ -478,14 +495,15 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
     for r in replays:
         _save_tokens(root, r["name"], vqvae.tokenize(model, clips_of(r["name"])))
     log(
-        f"[tokenizer] PSNR {metrics['psnr']:.1f} dB, perplexity {metrics['perplexity']:.1f} "
-        f"of {tk.n_codes} codes, {metrics['dead_codes']} dead; tokenized {len(replays)} plays"
+        f"[tokenizer] PSNR {metrics['psnr']:.1f} dB (mean frame {metrics['psnr_baseline']:.1f} dB; sprites "
+        f"{metrics['psnr_foreground']:.1f} dB, mean frame {metrics['psnr_foreground_baseline']:.1f} dB), perplexity "
+        f"{metrics['perplexity']:.1f} of {tk.n_codes} codes, {metrics['dead_codes']} dead; tokenized {len(replays)} plays"
     )
     return {
         **dataclasses.asdict(tk),
         "latent_shape": list(config.latent_shape),
         "tokens_per_clip": int(config.tokens_per_clip),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "metrics": {k: float(v) if math.isfinite(v) else None for k, v in metrics.items()},
     }
 
 

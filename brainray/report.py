@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 
 from brainray import reuse  # noqa: E402
 from brainray.frontier import (  # noqa: E402
-    AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier,
+    AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier, pareto_front, score_families,
 )
 
 __all__ = ["write_report", "PLOTS", "REUSE_PLOT"]
@@ -46,7 +46,7 @@ PLOTS = ("frontier_loss.png", "frontier_brain.png", "isoflop.png", "axis_effects
          "loss_curves.png")
 REUSE_PLOT = "data_reuse.png"  # only for sweeps with reused data axes
 _CURVE_COLUMNS = ("trial_id", "step", "tokens", "train_loss", "val_loss")
-_TRIAL_COLUMNS = ("trial_id", "status", "n_embd", "n_layer", "n_head", "data_frames",
+_TRIAL_COLUMNS = ("trial_id", "status", "control", "n_embd", "n_layer", "n_head", "data_frames",
                   "dtype", "seed", "params_nonembed", "tokens", "train_flops", "gpu_hours",
                   "tokens_per_s", "val_loss", "brain_r_mean", "brain_r_max", "ceiling_frac")
 _LABELS = {"val_loss": "validation loss", "brain_r_mean": "brain score (mean r)",
@@ -105,6 +105,7 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         "isoflop.png": lambda p: _plot_isoflop(analysis, p),
         "axis_effects.png": lambda p: _plot_axis_effects(analysis, p),
         "loss_curves.png": lambda p: _plot_loss_curves(curves_df, analysis, p),
+        "frontier_families.png": lambda p: _plot_families(analysis, p),
     }
     reuse_info = _reuse_analysis(trials_df, bootstrap, seed)
     if reuse_info is not None:
@@ -225,6 +226,70 @@ def _plot_frontier_brain(analysis: dict[str, Any], path: Path) -> str | None:
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     plt.close(fig)
     return None
+
+
+def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
+    """One panel per parcel family: its score against training FLOPs, the front, the control."""
+    df = analysis["usable"]
+    families = score_families(df)
+    if df.empty or not families:
+        return "no per-family scores (a simulated brain logs brain_r_<family>)"
+    controls = analysis.get("controls", df.iloc[:0])
+    ncols = min(4, len(families))
+    nrows = -(-len(families) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.0 * nrows), squeeze=False)
+    sc = None
+    for ax, fam in zip(axes.flat, families):
+        col = f"brain_r_{fam}"
+        sc = _scatter_by_size(ax, df, "train_flops", col)
+        y = df[col].to_numpy(float)
+        ok = np.isfinite(y)
+        if ok.any():
+            on = np.zeros(len(df), dtype=bool)
+            on[np.flatnonzero(ok)] = pareto_front(df["train_flops"][ok], y[ok], minimize=False)
+            _front_line(ax, df["train_flops"].to_numpy(), y, on)
+        c = controls[col].to_numpy(float) if col in controls else np.array([])
+        c = c[np.isfinite(c)]
+        if len(c):
+            ax.axhline(c.mean(), color="0.3", ls="--", lw=1, label="untrained control")
+            if len(c) > 1:
+                ax.axhspan(c.mean() - c.std(ddof=1), c.mean() + c.std(ddof=1), color="0.5", alpha=0.15, lw=0)
+        _log_axis(ax)
+        ax.set_title(fam, fontsize=10)
+        ax.set_xlabel("training FLOPs", fontsize=8)
+        ax.set_ylabel("mean r", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(families):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, loc="lower right")
+    fig.colorbar(sc, ax=list(axes.flat), label="log10 params (non-embedding)")
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+def _training_section(effect: pd.DataFrame, out: Path, notes: dict[str, str]) -> str:
+    """What training adds: trained minus untrained per family, against seed noise."""
+    if effect is None or effect.empty:
+        return ("<h2>What training adds</h2><p class='note'>No untrained control in this sweep "
+                "(<code>axes.controls: [untrained]</code> adds one per seed at the reference), so "
+                "nothing here says how much of the brain score training buys.</p>")
+    shown = effect.assign(
+        separates=effect["separates"].map({True: "yes", False: "no"}),
+        gain_ci=[f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(effect["gain_ci_lo"], effect["gain_ci_hi"])],
+    )[["score", "untrained", "trained", "gain", "gain_ci", "seed_sd", "n_seeds", "best", "best_gain", "margin",
+       "separates"]]
+    return (
+        "<h2>What training adds</h2>"
+        "<p class='note'><b>untrained</b>: the reference model scored with its initial weights (same "
+        "features, same ridge), mean over seeds. <b>trained</b>: the reference trained, mean over the "
+        "same seeds; <b>gain</b> is their difference with a 95 % Welch interval, and <b>seed_sd</b> the "
+        "s.d. of the trained reference over seeds. <b>best_gain</b>: the best trained trial of the "
+        "sweep minus the untrained mean; it <b>separates</b> when it exceeds <b>margin</b> = "
+        "max(5 seed s.d., 0.05). Controls are left out of every fit, frontier and allocation.</p>"
+        + _table(shown)
+        + _img(out, "frontier_families.png", notes, "brain score per parcel family vs training FLOPs")
+    )
 
 
 def _isoflop_groups(df: pd.DataFrame, width: float = 0.15) -> list[pd.DataFrame]:
@@ -656,6 +721,8 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
 training FLOPs (exact count); GPU-hours are kept separate because dtype changes time,
 not FLOPs.</p>
 <div class="cards">{card_html}</div>
+
+{_training_section(analysis.get("training_effect"), out, notes)}
 
 <h2>Fitted scaling laws</h2>
 {fits}

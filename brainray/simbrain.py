@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter, oaconvolve
 
+from brainray import gamestate
+
 __all__ = [
     "PARCEL_TYPES",
     "SUBJECTS",
@@ -68,7 +70,15 @@ __all__ = [
 ]
 
 SUBJECTS = ("sub-01", "sub-02", "sub-04", "sub-06")  # the CNeuroMod shinobi subjects
-PARCEL_TYPES = ("visual", "predictive", "motor", "none")
+PARCEL_TYPES = ("visual", "predictive", "motor", "object", "relation", "anticipation", "none")
+#: The families driven by the game's latent state (``brainray.gamestate``), not by pixels.
+STATE_TYPES = ("object", "relation", "anticipation")
+
+#: The demo's mix when the stimulus has game state: a pixel-driven floor that every model
+#: reaches (V1-like), the game-state families that separate models, and noise parcels.
+GAME_FRACTIONS = {
+    "visual": 0.2, "predictive": 0.1, "motor": 0.1, "object": 0.2, "relation": 0.1, "anticipation": 0.1, "none": 0.2,
+}
 
 _FINE_DT = 0.1  # s; fine time grid for HRF convolution (6 frames at 60 Hz)
 _HRF_LENGTH = 32.0  # s; nilearn's default SPM HRF support
@@ -81,6 +91,10 @@ _FEATURE_TYPES = {  # feature name prefix -> parcel type that may use it
     "surprise": "predictive",
     "event": "predictive",
     "button": "motor",
+    **{v: "object" for v in gamestate.OBJECT_VARIABLES if v not in ("threat", "aim")},
+    "threat": "relation",
+    "aim": "relation",
+    **{v: "anticipation" for v in gamestate.ANTICIPATION_VARIABLES},
 }
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0  # ITU-R BT.601, to [0, 1]
 _CHUNK_PIXELS = 2**22  # frames are converted to float in chunks of about this many pixels
@@ -104,8 +118,10 @@ class SimBrainConfig:
         log-uniformly from ``[low, high]``; ``0 < low <= high``.
     fractions : dict of str to float, default={"visual": 0.4, "predictive": 0.2, \
 "motor": 0.2, "none": 0.2}
-        Share of parcels of each type; keys are exactly :data:`PARCEL_TYPES`, values are
-        non-negative and sum to 1. Counts are rounded by largest remainder.
+        Share of parcels of each type; keys are among :data:`PARCEL_TYPES` (a missing type
+        gets 0), values are non-negative and sum to 1. Counts are rounded by largest
+        remainder. The game-state types (:data:`STATE_TYPES`) need a stimulus with
+        ``state``; :data:`GAME_FRACTIONS` is the demo's mix.
     ar1 : float, default=0.3
         Lag-one autocorrelation of the noise, in ``[0, 1)``.
     drift_amplitude : float, default=0.5
@@ -153,12 +169,13 @@ class SimBrainConfig:
                 f"SimBrainConfig.snr_range must satisfy 0 < low <= high; got {self.snr_range!r}."
             )
         self.snr_range = (low, high)
-        if not isinstance(self.fractions, dict) or set(self.fractions) != set(PARCEL_TYPES):
+        if not isinstance(self.fractions, dict) or not set(self.fractions) <= set(PARCEL_TYPES):
             got = sorted(self.fractions) if isinstance(self.fractions, dict) else self.fractions
             raise ValueError(
-                f"SimBrainConfig.fractions must have exactly the keys {list(PARCEL_TYPES)}; "
+                f"SimBrainConfig.fractions must have keys among {list(PARCEL_TYPES)}; "
                 f"got {got!r}."
             )
+        self.fractions = {k: self.fractions.get(k, 0.0) for k in PARCEL_TYPES}  # a missing type: 0
         if any(not (float(v) >= 0) for v in self.fractions.values()):
             raise ValueError(
                 f"SimBrainConfig.fractions must be non-negative; got {self.fractions!r}."
@@ -237,6 +254,11 @@ class RunStimulus:
     duration : float or None, default=None
         Run length in seconds; required with ``onsets``, else ``n_frames / fps``. Replays
         that run past the end are cut there.
+    state : array of shape (n_frames, len(gamestate.OBJECT_VARIABLES)), or list of such
+        arrays, or None, default=None
+        The game's object-level state per frame (:func:`brainray.gamestate.object_state`
+        of the native frames); it drives the :data:`STATE_TYPES` parcels. All zeros (no
+        ship, no enemies) between replays.
     """
 
     frames: np.ndarray | Sequence[np.ndarray]
@@ -245,6 +267,7 @@ class RunStimulus:
     fps: float = 60.0
     onsets: Sequence[float] | None = None
     duration: float | None = None
+    state: np.ndarray | Sequence[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fps, (int, float)) and self.fps > 0):
@@ -502,11 +525,29 @@ def _visual_features(
     return {f"{k}-{g}": v[:, g] for k, v in out.items() for g in range(n_win)}
 
 
-def _event_motor_features(actions: np.ndarray, rewards: np.ndarray) -> dict[str, np.ndarray]:
+def _event_motor_features(
+    actions: np.ndarray, rewards: np.ndarray, state: np.ndarray | None = None, fps: float = 60.0
+) -> dict[str, np.ndarray]:
+    """Event and button features, and the game-state features when ``state`` is given."""
     feats = {"event": (np.asarray(rewards) > 0).astype(np.float32)}
     actions = np.asarray(actions).astype(np.float32)
     feats |= {f"button-{j}": actions[:, j] for j in range(actions.shape[1])}
-    return feats
+    if state is None:
+        return feats
+    state = _check_state(state, len(actions))
+    ahead = gamestate.anticipation(state, rewards, fps)
+    feats |= {v: state[:, j] for j, v in enumerate(gamestate.OBJECT_VARIABLES)}
+    return feats | {v: ahead[:, j] for j, v in enumerate(gamestate.ANTICIPATION_VARIABLES)}
+
+
+def _check_state(state: np.ndarray, n: int) -> np.ndarray:
+    state = np.asarray(state, np.float32)
+    if state.shape != (n, len(gamestate.OBJECT_VARIABLES)):
+        raise ValueError(
+            f"state must have shape (n_frames={n}, {len(gamestate.OBJECT_VARIABLES)}) with the columns "
+            f"{list(gamestate.OBJECT_VARIABLES)} (brainray.gamestate.object_state); got {state.shape}."
+        )
+    return state
 
 
 def stimulus_features(
@@ -515,6 +556,7 @@ def stimulus_features(
     rewards: np.ndarray,
     fps: float = 60.0,
     grid: int = 3,
+    state: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-frame stimulus features that drive the simulated parcels.
 
@@ -528,7 +570,11 @@ def stimulus_features(
     - ``surprise-g`` (predictive): error of the linear extrapolation
       ``2 L_{t-1} - L_{t-2}`` of frame ``t``, ``<|L_t - 2 L_{t-1} + L_{t-2}|>_g * fps``;
     - ``event`` (predictive): 1 where ``reward > 0``, else 0;
-    - ``button-j`` (motor): 1 where button ``j`` is held, else 0.
+    - ``button-j`` (motor): 1 where button ``j`` is held, else 0;
+    - with ``state``, the game's latent state (:mod:`brainray.gamestate`): ``ship_x``,
+      ``ship_present``, ``n_enemies``, ``n_shots``, ``n_bullets``, ``enemy_y`` (object);
+      ``threat``, ``aim`` (relation: the ship and the others); ``reward_ahead``,
+      ``loss_ahead`` (anticipation: what happens in the next 1 or 2 s).
 
     The stream is taken to follow a blank (black) screen, so the first frames carry an
     onset response. None of these depend on brainray's models.
@@ -542,6 +588,8 @@ def stimulus_features(
         Frame rate; motion and surprise are rates per second.
     grid : int, default=3
         Receptive fields per side.
+    state : array of shape (n_frames, len(gamestate.OBJECT_VARIABLES)) or None
+        :func:`brainray.gamestate.object_state` of the native frames.
 
     Returns
     -------
@@ -550,7 +598,7 @@ def stimulus_features(
     _check_streams(frames, actions, rewards)
     n, h, w, _ = frames.shape
     feats = _visual_features(lambda a, b: frames[a:b], n, h, w, grid, fps)
-    return feats | _event_motor_features(actions, rewards)
+    return feats | _event_motor_features(actions, rewards, state, fps)
 
 
 def _timeline_features(run: RunStimulus, grid: int) -> dict[str, np.ndarray]:
@@ -558,12 +606,14 @@ def _timeline_features(run: RunStimulus, grid: int) -> dict[str, np.ndarray]:
     if run.onsets is None:
         _check_streams(run.frames, run.actions, run.rewards)
         streams = ([run.frames], [run.actions], [run.rewards], [0.0])
+        states = None if run.state is None else [run.state]
     else:
         streams = (run.frames, run.actions, run.rewards, run.onsets)
-    timeline, actions, rewards = _place(*streams, run)
+        states = run.state
+    timeline, actions, rewards, state = _place(*streams, run, states)
     h, w, _ = timeline.shape
     feats = _visual_features(lambda a, b: timeline[a:b], len(timeline), h, w, grid, run.fps)
-    return feats | _event_motor_features(actions, rewards)
+    return feats | _event_motor_features(actions, rewards, state, run.fps)
 
 
 class _Timeline:
@@ -586,13 +636,15 @@ class _Timeline:
         return out
 
 
-def _place(frames, actions, rewards, onsets, run: RunStimulus):
-    """Put replays on the run timeline; returns (lazy frames, actions, rewards)."""
+def _place(frames, actions, rewards, onsets, run: RunStimulus, states=None):
+    """Put replays on the run timeline; returns (lazy frames, actions, rewards, state or None)."""
     if not (len(frames) == len(actions) == len(rewards) == len(onsets)):
         raise ValueError(
             "RunStimulus needs one frames, actions and rewards array per onset; got "
             f"{len(frames)}, {len(actions)}, {len(rewards)} for {len(onsets)} onsets."
         )
+    if states is not None and len(states) != len(onsets):
+        raise ValueError(f"RunStimulus.state needs one array per onset; got {len(states)} for {len(onsets)} onsets.")
     if len(onsets) == 0:
         raise ValueError("RunStimulus.onsets is empty; give at least one replay.")
     n = run.n_frames
@@ -610,6 +662,7 @@ def _place(frames, actions, rewards, onsets, run: RunStimulus):
     segments = []
     tl_actions = np.zeros((n, buttons.pop()), bool)
     tl_rewards = np.zeros(n, np.float32)
+    tl_state = None if states is None else np.zeros((n, len(gamestate.OBJECT_VARIABLES)), np.float32)
     prev_end = -1
     for i in order:
         start, onset = starts[i], onsets[i]
@@ -626,8 +679,10 @@ def _place(frames, actions, rewards, onsets, run: RunStimulus):
         segments.append((start, frames[i][: stop - start]))
         tl_actions[start:stop] = np.asarray(actions[i])[: stop - start]
         tl_rewards[start:stop] = np.asarray(rewards[i])[: stop - start]
+        if tl_state is not None:
+            tl_state[start:stop] = _check_state(states[i], len(frames[i]))[: stop - start]
         prev_end = start + len(frames[i])
-    return _Timeline(segments, n, shapes.pop()), tl_actions, tl_rewards
+    return _Timeline(segments, n, shapes.pop()), tl_actions, tl_rewards, tl_state
 
 
 def hrf_features(

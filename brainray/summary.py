@@ -34,6 +34,8 @@ def dry_run_table(spec: SweepSpec, search: str = "grid", samples: int = 8) -> st
     reuse = spec.train.data_schedule == "reuse"
     runs = spec.runs()
     df = pd.DataFrame([row for run in runs for row in _cost_rows(spec, run)])
+    if "control" in df:
+        df["control"] = df["control"].fillna("")
     total = f"{df['tokens'].sum():.3g} tokens, {df['train_flops'].sum():.3g} training FLOPs"
     if reuse:
         total = (f"{df['incurred_flops'].sum():.3g} training FLOPs with data reuse, against "
@@ -81,7 +83,7 @@ def _cost_rows(spec: SweepSpec, run: dict) -> list[dict]:
     fpt = gpt.train_flops_per_token(run["n_layer"], run["n_embd"], tk.n_codes, 2 * T, n_logits=T)
     rows = []
     for i, (d, n) in enumerate(zip(sizes, pairs)):
-        steps = schedule.steps_for(n, tr.epochs, tr.batch_size)
+        steps = 0 if run.get("control") else schedule.steps_for(n, tr.epochs, tr.batch_size)  # a control never trains
         tokens = steps * tr.batch_size * 2 * T
         row = {**{k: v for k, v in run.items() if k != "branches"}, "data_frames": d, "tokens": tokens,
                "train_flops": fpt * tokens}

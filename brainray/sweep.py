@@ -264,6 +264,7 @@ class TrialLogCallback(tune.Callback):
             "num_failures": trial.num_failures, "brainray_version": brainray.__version__, "git_sha": _git_sha(),
             "started_at": self._started.get(trial.trial_id), "finished_at": _now(),
             "config_json": json.dumps({"trial": config["trial"], "train": config["train"]}, default=str),
+            "control": config["trial"].get("control", ""),  # empty: a trained trial
         }
         if config["trial"].get("branches"):
             row.update(data_frames=result["data_frames"], parent_trial=trial.trial_id, data_schedule="reuse")

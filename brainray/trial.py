@@ -51,6 +51,8 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
     ``branch_done: True`` and become a trial-log row of their own.
     """
     tr = TrainSpec(**config["train"])
+    if config.get("control"):
+        return _run_control(config, tr, report)
     if tr.data_schedule == "reuse":
         return _run_reuse(config, tr, report, checkpoint_dir)
     if len(config.get("branches") or []) > 1:
@@ -107,6 +109,21 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
     t.model.load_state_dict(best_weights)
     final = {**base, **t.finish(max_steps, last_val), "data_schedule": "scratch"}
     final["incurred_flops"], final["incurred_gpu_hours"] = final["train_flops"], final["gpu_hours"]
+    return _report(report, final)
+
+
+def _run_control(config: dict[str, Any], tr: TrainSpec, report: Report) -> dict[str, Any]:
+    """A control trial: the model as built (seeded initial weights), scored without training.
+
+    ``control="untrained"`` answers what training adds: the same architecture, features and
+    ridge, with no optimiser step. It costs no training FLOPs; its val loss is the initial one.
+    """
+    if config["control"] != "untrained":
+        raise ValueError(f"unknown control {config['control']!r}; brainray knows 'untrained'.")
+    t = _Trainer(config, tr)
+    base = {**t.base, "data_frames": int(config["data_frames"]), "max_steps": 0, "train_pairs": 0}
+    final = {**base, **t.finish(0, t.val_loss()), "data_schedule": "scratch", "control": "untrained"}
+    final["incurred_flops"], final["incurred_gpu_hours"] = 0.0, final["gpu_hours"]
     return _report(report, final)
 
 
@@ -420,7 +437,8 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         ``r_mean_<subject>``, ``r_max_<subject>``; pooled over subjects ``brain_r_mean``,
         ``brain_r_top10``, ``brain_r_max`` (max over parcels, averaged over subjects: the
         paper's score), and ``ceiling_frac``, ``ceiling_mean`` (None when the noise
-        ceiling is unknown, as for real data).
+        ceiling is unknown, as for real data). Simulated parcels add, per family
+        (``simbrain.PARCEL_TYPES``), ``brain_r_<family>`` and ``ceiling_frac_<family>``.
     """
     t, h, w = ds.latent_shape
     features: dict[int, np.ndarray] = {}  # run index -> (n_vols, C), shared runs computed once
@@ -457,7 +475,7 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         return features[k]
 
     out: dict[str, Any] = {}
-    rs, ceilings = [], []
+    rs, ceilings, families = [], [], []
     for subject in ds.subjects:
         runs = ds.run_indices(subject)
         sub = ds.subject(subject)
@@ -480,9 +498,12 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         out[f"r_max_{subject}"] = s["brain_r_max"]
         rs.append(r)
         ceilings.append(None if sub.ceiling is None else np.broadcast_to(sub.ceiling, r.shape))
+        families.append(getattr(sub, "parcel_types", None))  # simulated parcels have a family; real ones do not
     known = all(c is not None for c in ceilings)
     ceiling = np.concatenate(ceilings) if known else None
     pooled = encoding.summarize_scores(np.concatenate(rs), ceiling)
+    if all(f is not None for f in families):
+        pooled |= encoding.summarize_families(np.concatenate(rs), np.concatenate(families), ceiling)
     # The paper's score is the max over parcels, averaged over subjects.
     pooled["brain_r_max"] = float(np.mean([out[f"r_max_{s}"] for s in ds.subjects]))
     pooled["ceiling_mean"] = float(np.mean(ceiling)) if known else None

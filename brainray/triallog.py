@@ -57,10 +57,13 @@ TRIAL_SCHEMA = pa.schema(
         # data reuse (brainray.schedule): what a row added to the bill, and where it forked off
         ("data_schedule", _STR), ("lr_schedule", _STR), ("parent_trial", _STR), ("branch_step", _INT),
         ("incurred_flops", _FLOAT), ("incurred_gpu_hours", _FLOAT),
+        # "untrained": a control (the reference model scored with its initial weights); empty: trained
+        ("control", _STR),
     ]
 )
-# Per-subject columns (r_mean_<subject>, r_max_<subject>) are added as float64 at write time.
-_SUBJECT_PREFIXES = ("r_mean_", "r_max_")
+# Per-subject columns (r_mean_<subject>, r_max_<subject>) and per parcel family columns
+# (brain_r_<family>, ceiling_frac_<family>) are added as float64 at write time.
+_SUBJECT_PREFIXES = ("r_mean_", "r_max_", "brain_r_", "ceiling_frac_")
 
 CURVE_SCHEMA = pa.schema(
     [

@@ -69,6 +69,9 @@ __all__ = [
 ]
 
 RECON_LOSS_SCALE = 0.06  # VideoGPT divides the pixel MSE by 0.06 (about the data variance)
+#: A pixel is foreground where a channel differs from the training mean frame by more than
+#: this (in [0, 1] units, about 25 of 255): the sprites, not the static screen.
+FOREGROUND = 0.1
 _FORMAT = "brainray.vqvae/1"
 
 
@@ -364,12 +367,19 @@ class Codebook(nn.Module):
         self.register_buffer("z_avg", self.embeddings.clone())
         self.register_buffer("initialized", torch.tensor(False))
 
-    def _random_vectors(self, flat: torch.Tensor) -> torch.Tensor:
-        """K random rows of ``flat`` (N, D), tiled with a little noise when N < K. (K, D)."""
+    def _random_vectors(self, flat: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """K rows of ``flat`` (N, D), tiled with a little noise when N < K. (K, D).
+
+        Uniformly at random, or with probability proportional to ``weights`` (N,).
+        """
         if len(flat) < self.n_codes:
-            flat = flat.repeat((self.n_codes + len(flat) - 1) // len(flat), 1)
+            reps = (self.n_codes + len(flat) - 1) // len(flat)
+            flat = flat.repeat(reps, 1)
             flat = flat + torch.randn_like(flat) * 0.01 / math.sqrt(self.embedding_dim)
-        return flat[torch.randperm(len(flat), device=flat.device)[: self.n_codes]]
+            weights = None if weights is None else weights.repeat(reps)
+        if weights is None or not bool(weights.sum() > 0):
+            return flat[torch.randperm(len(flat), device=flat.device)[: self.n_codes]]
+        return flat[torch.multinomial(weights, self.n_codes, replacement=False)]
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest codes of latent vectors, without updating anything.
@@ -382,27 +392,36 @@ class Codebook(nn.Module):
         -------
         LongTensor of shape (B, T', H', W')
         """
-        flat = z.movedim(1, -1).reshape(-1, self.embedding_dim)  # (N, D)
+        return self._nearest(z.movedim(1, -1).reshape(-1, self.embedding_dim))[0].view(z.shape[0], *z.shape[2:])
+
+    def _nearest(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest code (N,) of each row of ``flat`` (N, D) and its squared distance (N,)."""
         distances = (
             (flat**2).sum(1, keepdim=True) - 2 * flat @ self.embeddings.t() + (self.embeddings**2).sum(1)[None]
         )  # (N, K)
-        return distances.argmin(1).view(z.shape[0], *z.shape[2:])
+        best, codes = distances.min(1)
+        return codes, best.clamp_(min=0)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors, channel last: (...) -> (..., D)."""
         return F.embedding(codes, self.embeddings)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
+    def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor, distances: torch.Tensor) -> None:
         d = self.ema_decay
         self.N.mul_(d).add_(onehot.sum(0), alpha=1 - d)  # (K,)
         self.z_avg.mul_(d).add_(onehot.t() @ flat, alpha=1 - d)  # (K, D)
         n = self.N.sum()
         weights = (self.N + 1e-7) / (n + self.n_codes * 1e-7) * n  # Laplace smoothing
         self.embeddings.copy_(self.z_avg / weights[:, None])
-        # dead-code restart: codes whose EMA count fell below 1 take a random encoder output
+        # Dead-code restart: codes whose EMA count fell below 1 take an encoder output of the
+        # batch, drawn with probability proportional to its squared distance to its nearest
+        # code (as k-means++ seeds). Uniform draws (VideoGPT) mostly pick the black background
+        # of a game screen, which the live codes already cover, so the restarted codes die again.
         alive = (self.N >= 1).float()[:, None]  # (K, 1)
-        self.embeddings.mul_(alive).add_(self._random_vectors(flat) * (1 - alive))
+        if bool(alive.all()):
+            return
+        self.embeddings.mul_(alive).add_(self._random_vectors(flat, distances) * (1 - alive))
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Quantise latents (and, in training mode, update the codebook).
@@ -427,12 +446,13 @@ class Codebook(nn.Module):
                 self.z_avg.copy_(init)
                 self.N.fill_(1.0)
                 self.initialized.fill_(True)
-        codes = self.quantize(z)  # (B, T', H', W')
-        onehot = F.one_hot(codes.reshape(-1), self.n_codes).type_as(flat)  # (N, K)
+        flat_codes, distances = self._nearest(flat)
+        codes = flat_codes.view(z.shape[0], *z.shape[2:])  # (B, T', H', W')
+        onehot = F.one_hot(flat_codes, self.n_codes).type_as(flat)  # (N, K)
         e = self.lookup(codes).movedim(-1, 1)  # (B, D, T', H', W'), before this step's update
         commitment_loss = self.commitment * F.mse_loss(z, e.detach())
         if self.training:
-            self._ema_update(flat, onehot)
+            self._ema_update(flat, onehot, distances)
         avg_probs = onehot.mean(0)  # (K,)
         perplexity = torch.exp(-(avg_probs * torch.log(avg_probs + 1e-10)).sum())
         return {
@@ -473,6 +493,17 @@ class VQVAE(nn.Module):
         self.codebook = Codebook(config.n_codes, config.embedding_dim, config.ema_decay, config.commitment)
         self.post_vq_conv = SamePadConv3d(config.embedding_dim, config.n_hiddens, 1)
         self.decoder = Decoder(config)
+        # The training clips' mean frame (preprocessed, (1, 3, 1, H, W)); the encoder sees
+        # each clip minus it and the decoder adds it back, so the codes are spent on what
+        # moves, not on the static screen (a game's score line, its black background).
+        # Zeros: VideoGPT's plain model. train_vqvae sets it.
+        self.register_buffer("mean_frame", torch.zeros(1, 3, 1, config.frame_size, config.frame_size))
+        # The variance that scales the reconstruction loss: VideoGPT divides the MSE by its
+        # data's variance (0.06). A game screen varies far less (about 0.002 for Airstriker
+        # at 32 x 32), and with 0.06 the commitment loss wins: the encoder collapses to a
+        # constant and nothing but the mean frame is reconstructed. train_vqvae sets it to
+        # the training clips' variance around the mean frame.
+        self.register_buffer("data_variance", torch.tensor(RECON_LOSS_SCALE))
 
     def _check_input(self, x: torch.Tensor) -> None:
         want = (3, *self.config.input_shape)
@@ -508,10 +539,10 @@ class VQVAE(nn.Module):
             minimised); ``perplexity`` of the batch's codes; ``codes`` (B, T', H', W').
         """
         self._check_input(x)
-        z = self.pre_vq_conv(self.encoder(x))  # (B, D, T', H', W')
+        z = self.pre_vq_conv(self.encoder(x - self.mean_frame))  # (B, D, T', H', W')
         vq = self.codebook(z)
-        recon = self.decoder(self.post_vq_conv(vq["embeddings"]))  # (B, 3, T, H, W)
-        recon_loss = F.mse_loss(recon, x) / RECON_LOSS_SCALE
+        recon = self.decoder(self.post_vq_conv(vq["embeddings"])) + self.mean_frame  # (B, 3, T, H, W)
+        recon_loss = F.mse_loss(recon, x) / self.data_variance
         return {
             "recon": recon,
             "recon_loss": recon_loss,
@@ -527,7 +558,7 @@ class VQVAE(nn.Module):
         Never updates the codebook; call in eval mode so BatchNorm uses its running stats.
         """
         self._check_input(x)
-        return self.codebook.quantize(self.pre_vq_conv(self.encoder(x)))
+        return self.codebook.quantize(self.pre_vq_conv(self.encoder(x - self.mean_frame)))
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors, channel last: (...) int -> (..., embedding_dim), e.g. (B, T', H', W', D)."""
@@ -537,7 +568,7 @@ class VQVAE(nn.Module):
         """Clips from codes: (B, T', H', W') int -> (B, 3, T, H, W), roughly in [-0.5, 0.5]."""
         self._check_codes(codes)
         h = self.embed(codes).movedim(-1, 1)  # (B, D, T', H', W')
-        return self.decoder(self.post_vq_conv(h))
+        return self.decoder(self.post_vq_conv(h)) + self.mean_frame
 
 
 # -----------------------------------------------------------------------------
@@ -591,11 +622,17 @@ def _evaluate(model: VQVAE, clips: np.ndarray, batch_size: int) -> dict[str, flo
     counts = torch.zeros(model.config.n_codes, dtype=torch.float64, device=dev)
     pix_sum = np.zeros(clips.shape[2:], dtype=np.float64)  # (H, W, 3), for the mean-frame baseline
     pix_sq = np.zeros(clips.shape[2:], dtype=np.float64)
+    fg_err = fg_base = fg_n = 0.0  # the foreground: pixels that differ from the training mean frame
     for i in range(0, len(clips), batch_size):
         batch = clips[i : i + batch_size]
         recon, codes = _reconstruct_batch(model, batch)
         x = preprocess(torch.from_numpy(np.ascontiguousarray(batch)).to(dev))
-        sq_err += float(((recon - x) ** 2).double().sum())
+        sq = (recon - x) ** 2
+        sq_err += float(sq.double().sum())
+        fg = ((x - model.mean_frame).abs().amax(dim=1, keepdim=True) > FOREGROUND).expand_as(x)
+        fg_err += float(sq[fg].double().sum())
+        fg_base += float(((x - model.mean_frame)[fg] ** 2).double().sum())
+        fg_n += float(fg.sum())
         counts += torch.bincount(codes.reshape(-1), minlength=model.config.n_codes).double()
         frames = batch.reshape(-1, *batch.shape[2:]).astype(np.float64) / 255.0
         pix_sum += frames.sum(0)
@@ -609,6 +646,9 @@ def _evaluate(model: VQVAE, clips: np.ndarray, batch_size: int) -> dict[str, flo
         "recon_mse": mse,
         "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
         "psnr_baseline": 10 * math.log10(1.0 / max(baseline, 1e-12)),
+        "psnr_foreground": 10 * math.log10(fg_n / max(fg_err, 1e-12)) if fg_n else math.nan,
+        "psnr_foreground_baseline": 10 * math.log10(fg_n / max(fg_base, 1e-12)) if fg_n else math.nan,
+        "foreground_frac": fg_n / max(1.0, n_frames * math.prod(clips.shape[2:])),
         "perplexity": perplexity,
         "dead_codes": int((counts == 0).sum()),
     }
@@ -663,6 +703,9 @@ def train_vqvae(
         were held out), with the reconstructions clamped to [-0.5, 0.5]:
         ``psnr`` = 10 log10(1 / recon_mse) in dB (pixels scaled to [0, 1]);
         ``psnr_baseline``: the PSNR of predicting the mean frame, the trivial baseline;
+        ``psnr_foreground`` and ``psnr_foreground_baseline``: the same two on the
+        foreground only, the pixels more than :data:`FOREGROUND` away from the training
+        mean frame (what moves: sprites), and ``foreground_frac``, their share;
         ``recon_mse``; ``perplexity`` = exp(entropy of the code histogram);
         ``dead_codes``: codes never used when tokenizing those clips; ``steps``;
         ``wall_s``: seconds for training and evaluation.
@@ -683,6 +726,9 @@ def train_vqvae(
     n_held = min(holdout, len(clips) // 10)
     held, train = np.sort(order[:n_held]), order[n_held:]
     model = VQVAE(config).to(dev).train()
+    mean, variance = _frame_stats(clips, train, dev)
+    model.mean_frame.copy_(mean)
+    model.data_variance.fill_(max(variance, 1e-6))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
     every = max(1, round(steps / 10))
     keys = ("loss", "recon_loss", "commitment_loss", "perplexity")
@@ -707,6 +753,20 @@ def train_vqvae(
     metrics = _evaluate(model, clips[evaluated], batch_size=max(batch_size, 16))
     metrics.update(eval_clips=len(evaluated), heldout=bool(n_held), steps=steps, wall_s=time.perf_counter() - t0)
     return model, metrics
+
+
+def _frame_stats(clips: np.ndarray, rows: np.ndarray, dev: torch.device, chunk: int = 256) -> tuple[torch.Tensor, float]:
+    """Mean preprocessed frame of ``clips[rows]`` (1, 3, 1, H, W) and the pixels' variance
+    around it (a float); the clips are read in chunks, twice."""
+    def batches():
+        for i in range(0, len(rows), chunk):
+            yield preprocess(torch.from_numpy(np.ascontiguousarray(clips[np.sort(rows[i : i + chunk])])).to(dev)).double()
+
+    n = max(1, len(rows) * clips.shape[1])
+    mean = sum(x.sum(dim=(0, 2)) for x in batches()) / n  # (3, H, W)
+    mean = mean[None, :, None]
+    sq = sum(float(((x - mean) ** 2).sum()) for x in batches())
+    return mean.float(), sq / (n * 3 * clips.shape[2] * clips.shape[3])
 
 
 def tokenize(model: VQVAE, clips: np.ndarray, batch_size: int = 64, device: str = "auto") -> np.ndarray:
@@ -805,7 +865,9 @@ def load_vqvae(path: str | Path, device: str = "cpu") -> VQVAE:
         raise ValueError(f"{path}: unknown VQVAEConfig keys {unknown}; valid keys are {sorted(fields)}.")
     config = VQVAEConfig(**{**ckpt["config"], "downsample": tuple(ckpt["config"]["downsample"])})
     model = VQVAE(config)
-    model.load_state_dict(ckpt["state_dict"])
+    state = dict(ckpt["state_dict"])
+    state.setdefault("mean_frame", model.mean_frame)  # written before the mean frame existed: zeros
+    model.load_state_dict(state)
     return model.to(pick_device(device)).eval()
 
 

@@ -9,8 +9,11 @@ import pytest
 from scipy.signal import lfilter
 from sklearn.linear_model import RidgeCV
 
+from brainray import gamestate
 from brainray.simbrain import (
+    GAME_FRACTIONS,
     PARCEL_TYPES,
+    STATE_TYPES,
     SUBJECTS,
     Parcel,
     RunStimulus,
@@ -69,6 +72,31 @@ def runs() -> list[RunStimulus]:
     rng = np.random.default_rng(0)
     n_frames = int(np.ceil(N_VOLS * 1.49 * 60))
     return [RunStimulus(*_gameplay(rng, n_frames)) for _ in range(N_RUNS)]
+
+
+def _state(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A synthetic game state (columns of gamestate.OBJECT_VARIABLES): a ship that wanders and
+    is sometimes lost, enemy and shot counts that rise and fall, closeness in [0, 1]."""
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    w = _walk(rng, n, 8, 150)
+    present = (w[:, 1] > -1.2).astype(np.float32)
+    cols = {
+        "ship_x": sig(w[:, 0]), "ship_present": present, "n_enemies": np.round(np.clip(2 + 1.5 * w[:, 2], 0, None)),
+        "n_shots": np.round(np.clip(1 + 1.5 * w[:, 3], 0, None)), "n_bullets": np.round(np.clip(3 + 2 * w[:, 4], 0, None)),
+        "enemy_y": sig(w[:, 5]), "threat": sig(w[:, 6]) * present, "aim": sig(w[:, 7]) * present,
+    }
+    return np.stack([cols[v] for v in gamestate.OBJECT_VARIABLES], axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def state_runs(runs) -> list[RunStimulus]:
+    rng = np.random.default_rng(1)
+    return [dataclasses.replace(r, state=_state(rng, len(r.frames))) for r in runs]
+
+
+@pytest.fixture(scope="module")
+def state_subject(state_runs) -> SubjectData:
+    return simulate_subject(state_runs, "sub-01", SimBrainConfig(fractions=GAME_FRACTIONS))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +161,7 @@ def test_config_defaults():
         ({"snr_range": (2.0, 1.0)}, r"snr_range must satisfy 0 < low <= high"),
         ({"snr_range": (0.0, 1.0)}, r"snr_range must satisfy 0 < low <= high"),
         ({"snr_range": 1.0}, r"snr_range must be a pair"),
-        ({"fractions": {"visual": 1.0}}, r"fractions must have exactly the keys"),
+        ({"fractions": {"visual": 0.5, "colour": 0.5}}, r"fractions must have keys among"),
         (
             {"fractions": {"visual": 0.5, "predictive": 0.2, "motor": 0.2, "none": 0.2}},
             r"fractions must sum to 1; got 1.1",
@@ -285,7 +313,7 @@ def test_make_parcels_counts_and_reproducible():
     cfg = SimBrainConfig(n_parcels=10)
     parcels = make_parcels("sub-01", names, cfg)
     kinds = [p.kind for p in parcels]
-    assert [kinds.count(k) for k in PARCEL_TYPES] == [4, 2, 2, 2]
+    assert [kinds.count(k) for k in PARCEL_TYPES] == [4, 2, 2, 0, 0, 0, 2]  # no game-state types by default
     assert len({p.label for p in parcels}) == 10
     for p in parcels:
         assert all(feature_type(f) == p.kind for f in p.features)
@@ -468,3 +496,46 @@ def test_run_stimulus_and_simulate_errors(runs, subject):
         simulate_subject([RunStimulus(f[:30], ac[:30], rw[:30])], "sub-01")
     with pytest.raises(ValueError, match=r"runs\[1\] has features \['button-3'\]"):
         simulate_subject([RunStimulus(f, ac, rw), RunStimulus(f, ac[:, :3], rw)], "sub-01")
+
+
+# --------------------------------------------------------------------------- game-state families
+
+
+def test_state_families_are_drawn_from_the_state(state_subject):
+    kinds = state_subject.parcel_types
+    for kind in PARCEL_TYPES:
+        assert kinds.count(kind) == pytest.approx(GAME_FRACTIONS[kind] * len(kinds), abs=1)
+    for p in state_subject.parcels:
+        assert all(feature_type(f) == p.kind for f in p.features)
+        if p.kind in STATE_TYPES:
+            names = set(gamestate.OBJECT_VARIABLES) | set(gamestate.ANTICIPATION_VARIABLES)
+            assert set(p.features) <= names
+
+
+def test_oracle_reaches_the_ceiling_in_every_family(state_subject, state_runs):
+    """The true features of each parcel (the oracle) reach >= 90 % of its ceiling, family by
+    family; noise parcels score about 0; no parcel beats the r its own clean signal gets."""
+    feats = [
+        hrf_features(stimulus_features(r.frames, r.actions, r.rewards, state=r.state), N_VOLS) for r in state_runs
+    ]
+    r = _loro_scores(state_subject, feats)
+    kinds = np.array(state_subject.parcel_types)
+    ceiling = state_subject.ceiling
+    for kind in PARCEL_TYPES[:-1]:
+        sel = kinds == kind
+        assert sel.any(), kind
+        assert np.mean(r[sel]) / np.mean(ceiling[sel]) >= 0.9, kind
+    assert abs(r[kinds == "none"].mean()) < 0.1
+    realized = np.mean([realized_ceiling(sg, b) for sg, b in zip(state_subject.signal, state_subject.bold)], 0)
+    assert np.all(r[kinds != "none"] <= realized[kinds != "none"] + 0.02)
+
+
+def test_state_without_frames_shape_is_refused(runs):
+    bad = dataclasses.replace(runs[0], state=np.zeros((len(runs[0].frames), 3), np.float32))
+    with pytest.raises(ValueError, match="state must have shape"):
+        simulate_subject([bad], "sub-01", SimBrainConfig(fractions=GAME_FRACTIONS))
+
+
+def test_state_families_need_a_state(runs):
+    with pytest.raises(ValueError, match="'object' parcels were asked for"):
+        simulate_subject(runs, "sub-01", SimBrainConfig(fractions=GAME_FRACTIONS))
