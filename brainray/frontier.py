@@ -163,6 +163,24 @@ class LawFit:
         """Allocation exponent of D_opt(C): ``alpha / (alpha + beta)``."""
         return self.alpha / (self.alpha + self.beta)
 
+    @property
+    def at_bound(self) -> list[str]:
+        """Parameters the fit pushed to a bound of its search box: an exponent within 1 % of
+        (1e-4, 5), or a coefficient at exp(+-60) (in practice E, A or B = 0, or a term the
+        data cannot see). Such a law is not identified by the data."""
+        lo, hi = _EXP_BOUNDS
+        out = [k for k in ("alpha", "beta") if getattr(self, k) <= lo * 1.01 or getattr(self, k) >= hi * 0.99]
+        for k in ("E", "A", "B"):
+            v = getattr(self, k)
+            if not v > 0 or abs(math.log(v)) >= _LOG_BOUND - 1:
+                out.append(k)
+        return out
+
+    @property
+    def identified(self) -> bool:
+        """True when no parameter sits at a bound (:attr:`at_bound` is empty)."""
+        return not self.at_bound
+
     def law(self, N: Any, D: Any) -> np.ndarray:
         """Value of ``E + A / N**alpha + B / D**beta`` (loss, or gap for ceiling_gap).
 
@@ -292,6 +310,7 @@ class LawFit:
             "a": self.a, "b": self.b, "asymptote": self.asymptote,
             "objective": self.objective, "delta": self.delta, "n_used": self.n_used,
             "converged": self.converged, "fit_seconds": self.fit_seconds,
+            "at_bound": self.at_bound, "identified": self.identified,
             "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
             "ci_level": 0.95 if self.ci else None,
             "ci": {k: [lo, hi] for k, (lo, hi) in self.ci.items()},

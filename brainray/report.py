@@ -631,7 +631,11 @@ def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
     boot = (f"95 % percentile bootstrap CIs from {fit.n_bootstrap} full re-fits "
             f"({fit.n_bootstrap_failed} failed)" if fit.n_bootstrap
             else "no bootstrap (CIs not computed)")
-    return (f"<h3>{html.escape(name)}</h3><p>{what}</p>"
+    flag = ("" if fit.identified else
+            f"<p class='warn'><b>Not identified by this sweep</b>: {html.escape(', '.join(fit.at_bound))} "
+            "sit at a bound of the fit, so the data do not pin this law; read it as a description "
+            "of these trials, not as a scaling law.</p>")
+    return (f"<h3>{html.escape(name)}</h3>{flag}<p>{what}</p>"
             f"<div class='law'>{html.escape(fit.formula())}</div>"
             f"<p class='note'>N = non-embedding parameters, D = training tokens; "
             f"a = β/(α+β) = {_fmt(fit.a)} (N<sub>opt</sub> ∝ C<sup>a</sup>), "

@@ -65,7 +65,8 @@ def test_fits_json_parses_and_recovers_law(full_report, trials):
     assert d["fits"]["brain_r_mean"]["form"] == "ceiling_gap"
     assert d["left_out"] == [{"trial_id": "crashed", "status": "ERROR",
                               "reason": "status ERROR: RuntimeError: worker died"}]
-    assert all(v == "written" for v in d["plots"].values())
+    assert all(v == "written" for k, v in d["plots"].items() if k != "frontier_families.png")
+    assert "no per-family scores" in d["plots"]["frontier_families.png"]  # these trials have no parcel families
     alloc = pd.read_csv(out / "allocation.csv")
     assert set(alloc["metric"]) == {"val_loss", "brain_r_mean"}
     assert (alloc["cost"] <= alloc["budget"]).all()

@@ -147,3 +147,34 @@ def test_a_trial_worker_imports_neither_the_emulator_nor_the_fmri_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_untrained_control_scores_the_initial_weights(trial_config, tmp_path):
+    """A control trains nothing, scores the seeded initial model, and logs a score per parcel family;
+    on the game-state families it stays well below what the true signal reaches (the oracle)."""
+    from brainray import simbrain
+
+    rec = Recorder(tmp_path)
+    final = trial.run({**trial_config, "control": "untrained"}, rec)
+    assert final["control"] == "untrained" and final["step"] == 0 and final["tokens"] == 0
+    assert final["train_flops"] == 0 and final["incurred_flops"] == 0
+    assert final["val_loss"] == pytest.approx(math.log(final["vocab_size"]), abs=0.3)  # the initial loss
+    assert not rec.checkpoints
+    ds = load_dataset(trial_config["dataset"])
+    kinds = set(ds.subject("sub-01").parcel_types)
+    assert set(simbrain.STATE_TYPES) <= kinds  # the smoke dataset has game state: Airstriker
+    for kind in kinds:
+        assert np.isfinite(final[f"brain_r_{kind}"]), kind
+        assert (final[f"ceiling_frac_{kind}"] is None) == (kind == "none"), kind
+    for kind in simbrain.STATE_TYPES:
+        sub = [ds.subject(s) for s in ds.subjects]
+        oracle = np.mean([np.mean([simbrain.realized_ceiling(sg, b) for sg, b in zip(d.signal, d.bold)], 0)[
+            np.array(d.parcel_types) == kind].mean() for d in sub])
+        assert final[f"brain_r_{kind}"] < 0.8 * oracle, (kind, final[f"brain_r_{kind}"], oracle)
+    again = trial.run({**trial_config, "control": "untrained"}, Recorder(tmp_path / "again"))
+    assert again["brain_r_mean"] == final["brain_r_mean"]  # the seed fixes the initial weights
+
+
+def test_unknown_control_is_refused(trial_config, tmp_path):
+    with pytest.raises(ValueError, match="unknown control 'shuffled'"):
+        trial.run({**trial_config, "control": "shuffled"}, Recorder(tmp_path))

@@ -1,0 +1,161 @@
+"""Is the demo an instrument? Run it from a fresh storage and check that the brain score follows the model.
+
+It runs ``python sweeps/scaling.py --preset demo --fresh`` (prepare included, timed, on this
+machine) and then reads the trial log, the dataset manifest and the frontier fits:
+
+- the tokenizer keeps the game: held-out PSNR against the mean-frame baseline (and on the
+  sprites only), perplexity, dead codes;
+- training matters: the best trained ``brain_r_mean`` against the untrained controls, by at
+  least max(5 seed s.d., 0.05); per family, trained minus untrained at the reference;
+- the score follows the model: Spearman rho(val_loss, brain_r_mean) over the trained trials;
+- the frontier rises: the best score in the top quartile of training FLOPs against the best
+  in the bottom quartile, and whether the brain law is identified (no parameter at a bound).
+
+    python benchmarks/brain_sensitivity.py                    # ~8 min on 2 idle cores
+    python benchmarks/brain_sensitivity.py --storage results  # reuse a finished demo sweep there
+
+Writes ``results/benchmarks/brain_sensitivity.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from brainray import frontier, triallog  # noqa: E402
+
+OUT = REPO / "results" / "benchmarks"
+
+
+def _sweep(storage: Path, preset: str) -> float:
+    """Run the demo from a fresh storage; its wall seconds."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(REPO / "sweeps" / "scaling.py"), "--preset", preset, "--storage", str(storage), "--fresh"]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def _tokenizer(root: Path) -> dict:
+    manifests = sorted((root / "data").glob("*/dataset.json"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise FileNotFoundError(f"no prepared dataset under {root / 'data'}; run the sweep first.")
+    tok = json.loads(manifests[-1].read_text())["tokenizer"]
+    m = tok["metrics"]
+    return {
+        "psnr": m["psnr"], "psnr_baseline": m["psnr_baseline"], "psnr_gain": m["psnr"] - m["psnr_baseline"],
+        "psnr_foreground": m.get("psnr_foreground"), "psnr_foreground_baseline": m.get("psnr_foreground_baseline"),
+        "perplexity": m["perplexity"], "dead_codes": int(m["dead_codes"]), "n_codes": int(tok["n_codes"]),
+        "ok": m["psnr"] >= m["psnr_baseline"] + 3 and m["dead_codes"] <= tok["n_codes"] / 2,
+    }
+
+
+def measure(root: Path) -> dict:
+    """Every criterion of the instrument, from a finished demo sweep under ``root``."""
+    trials = triallog.read_trials(str(root))
+    effect = frontier.training_effect(trials)
+    trained, _ = frontier._split_usable(trials)
+    if effect.empty:
+        raise ValueError(f"{root}: no untrained control rows; run the demo with axes.controls: [untrained].")
+    mean = effect.set_index("score").loc["brain_r_mean"]
+    rho = float(spearmanr(trained["val_loss"], trained["brain_r_mean"]).statistic)
+    q1, q3 = np.quantile(trained["train_flops"], [0.25, 0.75])
+    low = trained[trained["train_flops"] <= q1]["brain_r_mean"].max()
+    high = trained[trained["train_flops"] >= q3]["brain_r_mean"].max()
+    fits = json.loads((root / "frontier" / "fits.json").read_text())
+    law = fits["fits"].get("brain_r_mean") or {}
+    return {
+        "n_trained": len(trained), "n_controls": int(len(frontier.control_rows(trials))),
+        "training_matters": {
+            "best": mean["best"], "best_trial": mean["best_trial"], "untrained": mean["untrained"],
+            "gain": mean["best_gain"], "seed_sd": mean["seed_sd"], "margin": mean["margin"],
+            "ok": bool(mean["best_gain"] > mean["margin"]),
+        },
+        "score_follows_model": {"spearman_val_loss_brain_r_mean": rho, "ok": rho <= -0.7},
+        "frontier_rises": {
+            "best_top_quartile": float(high), "best_bottom_quartile": float(low), "gain": float(high - low),
+            "margin": mean["margin"], "ok": bool(high - low > mean["margin"]),
+        },
+        "brain_law": {
+            "identified": law.get("identified"), "at_bound": law.get("at_bound"),
+            **{k: law.get(k) for k in ("E", "A", "B", "alpha", "beta")},
+        },
+        "families": effect.to_dict(orient="records"),
+    }
+
+
+def _md(res: dict) -> str:
+    tm, sf, fr, tk, law = (res[k] for k in ("training_matters", "score_follows_model", "frontier_rises",
+                                            "tokenizer", "brain_law"))
+    yes = {True: "yes", False: "**no**", None: "n/a"}
+    lines = [
+        "# Brain sensitivity of the demo", "",
+        f"`python benchmarks/brain_sensitivity.py`, {res['when']}, {res['machine']}. The demo preset from a fresh "
+        f"storage: {res['n_trained']} trained trials and {res['n_controls']} untrained controls"
+        + (f", {res['wall_s'] / 60:.1f} min end to end (prepare included)." if res.get("wall_s") else "."), "",
+        "| criterion | measured | passes |", "|---|---|---|",
+        f"| tokenizer: PSNR >= mean-frame + 3 dB | {tk['psnr']:.1f} dB vs {tk['psnr_baseline']:.1f} dB "
+        f"(+{tk['psnr_gain']:.1f}); sprites {tk['psnr_foreground']:.1f} vs {tk['psnr_foreground_baseline']:.1f} dB; "
+        f"perplexity {tk['perplexity']:.0f} of {tk['n_codes']}, {tk['dead_codes']} dead | {yes[tk['ok']]} |",
+        f"| training matters: best trained − untrained > max(5 seed s.d., 0.05) | {tm['best']:.3f} − "
+        f"{tm['untrained']:.3f} = {tm['gain']:+.3f}; margin {tm['margin']:.3f} (seed s.d. {tm['seed_sd']:.4f}) "
+        f"| {yes[tm['ok']]} |",
+        f"| score follows the model: Spearman ρ(val_loss, brain_r_mean) ≤ −0.7 | "
+        f"{sf['spearman_val_loss_brain_r_mean']:.2f} | {yes[sf['ok']]} |",
+        f"| frontier rises: best of top FLOPs quartile − best of bottom quartile > margin | {fr['best_top_quartile']:.3f}"
+        f" − {fr['best_bottom_quartile']:.3f} = {fr['gain']:+.3f} | {yes[fr['ok']]} |",
+        f"| brain law identified (no parameter at a bound) | at bound: {law['at_bound'] or 'none'} | "
+        f"{yes[law['identified']]} |", "",
+        "## Per parcel family", "",
+        "Untrained: the reference model with its initial weights, mean over seeds. Trained: the reference trained, "
+        "same seeds. Gain: trained − untrained (95 % Welch interval). Best: the best trained trial.", "",
+        "| score | untrained | trained | gain [95 % CI] | seed s.d. | best | best − untrained | separates |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in res["families"]:
+        ci = f"[{f['gain_ci_lo']:+.3f}, {f['gain_ci_hi']:+.3f}]" if f["gain_ci_lo"] is not None and not (
+            isinstance(f["gain_ci_lo"], float) and math.isnan(f["gain_ci_lo"])) else ""
+        lines.append(
+            f"| {f['score']} | {f['untrained']:.3f} | {f['trained']:.3f} | {f['gain']:+.3f} {ci} | {f['seed_sd']:.4f} "
+            f"| {f['best']:.3f} | {f['best_gain']:+.3f} | {yes[bool(f['separates'])]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--storage", help="a finished demo sweep's storage (default: run one in a temp folder)")
+    ap.add_argument("--preset", default="demo")
+    args = ap.parse_args()
+    wall = None
+    with tempfile.TemporaryDirectory(prefix="brainray-sensitivity-") as tmp:
+        storage = Path(args.storage) if args.storage else Path(tmp)
+        if not args.storage:
+            wall = _sweep(storage, args.preset)
+        root = storage / args.preset
+        res = {"tokenizer": _tokenizer(root), **measure(root), "wall_s": wall, "preset": args.preset,
+               "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "brain_sensitivity.json").write_text(json.dumps(frontier._jsonable(res), indent=1))
+    (OUT / "brain_sensitivity.md").write_text(_md(res))
+    print(_md(res))
+
+
+if __name__ == "__main__":
+    main()
