@@ -978,7 +978,8 @@ def encode_subject(X: Any, Y: Any, groups: Any, **encoder_kwargs: Any) -> np.nda
     For each run, a :class:`RidgeEncoder` (its own inner CV over the other runs picks
     the alphas) is fitted on all other runs and predicts the held-out run. The held-out
     predictions of all runs are concatenated, and r is the Pearson correlation per
-    parcel between them and ``Y`` over all samples (not the mean of per-run r).
+    parcel between them and ``Y`` over all samples (not the mean of per-run r), both
+    centred per run first: a run's baseline is not a response.
 
     Parameters
     ----------
@@ -1012,4 +1013,16 @@ def encode_subject(X: Any, Y: Any, groups: Any, **encoder_kwargs: Any) -> np.nda
         enc = RidgeEncoder(**encoder_kwargs).fit(X[~test], Y[~test], groups=groups[~test])
         p_run = enc.predict(X[test], groups=groups[test])
         pred[test] = p_run.reshape(pred[test].shape)
-    return pearson_r(Y, pred)
+    return pearson_r(_centre_runs(Y, groups), _centre_runs(pred, groups))
+
+
+def _centre_runs(a: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``a`` minus its mean over each run. A run's mean BOLD is its baseline, not a response;
+    and left in, leave-one-run-out biases r below 0: the prediction for a held-out run carries
+    the mean of the other runs, which is anti-correlated with the held-out run's own mean
+    (noise parcels scored about -0.05 on the demo)."""
+    out = np.array(a, dtype=np.float64, copy=True)
+    for g in np.unique(groups):
+        sel = groups == g
+        out[sel] -= out[sel].mean(0)
+    return out

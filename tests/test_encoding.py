@@ -273,8 +273,25 @@ def test_encode_subject_is_outer_leave_one_run_out(rng):
     for train, test in LeaveOneGroupOut().split(X, Y, groups):
         enc = RidgeEncoder(**kw).fit(X[train], Y[train], groups=groups[train])
         pred[test] = enc.predict(X[test], groups=groups[test])
-    np.testing.assert_allclose(r, pearson_r(Y, pred), atol=1e-10)
+    centre = lambda a: a - np.stack([a[groups == g].mean(0) for g in groups])  # noqa: E731  per run
+    np.testing.assert_allclose(r, pearson_r(centre(Y), centre(pred)), atol=1e-10)
     assert r.shape == (3,) and np.all(r > 0.3)
+
+
+def test_noise_parcels_score_about_zero_not_below(rng):
+    """Pure noise with a run baseline scores about 0: centring per run removes the leave-one-run-out
+    bias (the other runs' mean is anti-correlated with the held-out run's)."""
+    n_runs, n = 6, 40
+    groups = np.repeat(np.arange(n_runs), n)
+    X = rng.standard_normal((n_runs * n, 8))
+    Y = rng.standard_normal((n_runs * n, 200)) + rng.standard_normal((n_runs, 200)).repeat(n, axis=0)
+    kw = dict(alphas=ALPHAS, delays=(0,), device="cpu")
+    r = encode_subject(X, Y, groups, **kw)
+    pred = np.zeros_like(Y)
+    for train, test in LeaveOneGroupOut().split(X, Y, groups):
+        pred[test] = RidgeEncoder(**kw).fit(X[train], Y[train], groups=groups[train]).predict(X[test], groups=groups[test])
+    assert pearson_r(Y, pred).mean() < -0.3  # uncentred, the run baselines bias r far below 0
+    assert abs(r.mean()) < 0.1, r.mean()  # centred: about 0 (a small negative bias of held-out r remains)
 
 
 # ---------------------------------------------------------------- errors

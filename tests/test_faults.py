@@ -159,7 +159,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, tiny_
         tmp_path, "driverkill", train={"epochs": EPOCHS}, axes=_long_axes(n_embd=(16, 128)),
         resources={"max_failures": 1},
     )
-    n_trials = len(load_spec(str(spec_path)).axes.trials())
+    n_trials = len(load_spec(str(spec_path)).runs())
     root = tmp_path / "driverkill"
     cmd = _scaling_cmd(spec_path, tmp_path, str(tiny_dataset.root.parent))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -60,7 +60,7 @@ def _rows(root: Path) -> pd.DataFrame:
 @pytest.mark.slow
 def test_ctrl_c_logs_nothing_false_and_a_moved_copy_resumes_to_one_row_each(tmp_path, tiny_dataset):
     spec_path = _write_spec(tmp_path, "ctrlc", train={"epochs": EPOCHS}, axes=_long_axes(n_embd=(16, 128)))
-    n = len(load_spec(str(spec_path)).axes.trials())
+    n = len(load_spec(str(spec_path)).runs())
     root = tmp_path / "ctrlc"
     data_dir = str(tiny_dataset.root.parent)
     first = _start(_scaling_cmd(spec_path, tmp_path, data_dir), tmp_path / "first.log")
@@ -180,7 +180,7 @@ def test_actor_reuse_loses_no_trial_when_a_finished_trial_is_slow_to_end(tmp_pat
 @pytest.mark.slow
 def test_a_second_driver_on_the_same_sweep_is_refused_at_once(tmp_path, tiny_dataset):
     spec_path = _write_spec(tmp_path, "twice")
-    n = len(load_spec(str(spec_path)).axes.trials())
+    n = len(load_spec(str(spec_path)).runs())
     root = tmp_path / "twice"
     cmd = _scaling_cmd(spec_path, tmp_path, str(tiny_dataset.root.parent))
     first = _start(cmd, tmp_path / "first.log")

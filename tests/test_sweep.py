@@ -1,5 +1,6 @@
 """The users' path: ``python sweeps/scaling.py --preset smoke`` through a real local Ray."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     root = tmp_path / "smoke"
     trials = pd.read_parquet(root / "trials")
-    expected = load_spec("smoke").axes.trials()
+    expected = load_spec("smoke").runs()
     assert len(trials) == len(expected) == trials["trial_id"].nunique()
     assert (trials["status"] == "TERMINATED").all(), trials[["trial_id", "status", "error"]]
     for axis in ("data_frames", "n_embd", "n_layer", "n_head", "dtype"):
@@ -46,6 +47,15 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert trials["val_loss"].notna().all() and trials["brain_r_mean"].notna().all()
     assert (trials["brain_r_mean"] < trials["ceiling_mean"]).all()
     assert (trials["train_flops"] == trials["flops_per_token"] * trials["tokens"]).all()
+    # the untrained control: one per seed, at the reference, never fitted; every row has family scores
+    controls = trials[trials["control"] == "untrained"]
+    assert len(controls) == len(load_spec("smoke").axes.seed) and (controls["train_flops"] == 0).all()
+    assert (trials.loc[trials["control"] != "untrained", "control"] == "").all()
+    for family in ("visual", "object", "relation", "anticipation", "none"):
+        assert trials[f"brain_r_{family}"].notna().all(), family
+    fits = json.loads((root / "frontier" / "fits.json").read_text())
+    assert {r["trial_id"] for r in fits["left_out"]} == set(controls["trial_id"])
+    assert fits["training_effect"] and fits["training_effect"][0]["score"] == "brain_r_mean"
     curves = triallog.read_curves(str(root))
     assert set(curves["trial_id"]) == set(trials["trial_id"])
     for name in ("fits.json", "report.html"):
