@@ -42,6 +42,9 @@ __all__ = [
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: found after `pip install .` too
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
+#: Bumped when the prepare stage makes different data from the same settings, so that a cached
+#: dataset of an older brainray is not reused (2: game-state parcel families, VQ-VAE mean frame).
+DATA_VERSION = 2
 #: Control trials: "untrained" scores the reference model with its initial weights.
 CONTROLS = ("untrained",)
 DTYPES = ("fp32", "fp16", "bf16")
@@ -302,10 +305,10 @@ class AxesSpec:
     not divide (the paper's widths 6, 15, 30, ... with its 4 heads): trials at that width
     outside the heads line use it, and log it in ``n_head``.
 
-    ``controls`` adds control trials at the reference, one per seed: ``"untrained"`` scores
-    the reference model with its initial weights (same features, same ridge), so that the
-    report can say what training adds. Their rows have ``control = "untrained"`` and are
-    left out of every fit, frontier and allocation.
+    ``controls`` adds control trials at the reference, one per seed, and one per other width:
+    ``"untrained"`` scores the model with its initial weights (same features, same ridge), so
+    that the report can say what training adds. Their rows have ``control = "untrained"``
+    and are left out of every fit, frontier and allocation.
     """
 
     design: str = "lines"
@@ -389,10 +392,19 @@ class AxesSpec:
         return out
 
     def control_trials(self) -> list[dict[str, Any]]:
-        """The control configs: the reference (with its width's heads) at each seed, per control."""
+        """The control configs, per control: the reference (with its width's heads) at each seed,
+        then every other width of the ``n_embd`` axis at the reference seed (how much training
+        adds depends on the width: a narrow model's random features lose more)."""
         ref = dict(self.reference)
         ref["n_head"] = self.heads_for_width.get(ref["n_embd"], ref["n_head"])
-        return [{**ref, "seed": s, "control": c} for c in self.controls for s in dict.fromkeys(self.seed)]
+        out = []
+        for c in self.controls:
+            out += [{**ref, "seed": s, "control": c} for s in dict.fromkeys(self.seed)]
+            for w in dict.fromkeys(self.n_embd):
+                heads = self.heads_for_width.get(w, ref["n_head"])
+                if w != ref["n_embd"] and w % heads == 0:
+                    out.append({**ref, "n_embd": w, "n_head": heads, "control": c})
+        return out
 
 
 @dataclass
@@ -448,7 +460,8 @@ class SweepSpec:
 
     def data_key(self) -> str:
         """Hash of everything the prepared dataset and tokens depend on."""
-        return stable_hash({"data": dataclasses.asdict(self.data), "tokenizer": dataclasses.asdict(self.tokenizer)})
+        return stable_hash({"data": dataclasses.asdict(self.data), "tokenizer": dataclasses.asdict(self.tokenizer),
+                            "version": DATA_VERSION})
 
     def validate(self, max_data_frames: int | None = None) -> None:
         """Raise SpecError listing every problem, or return None."""

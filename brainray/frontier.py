@@ -49,6 +49,7 @@ __all__ = [
     "control_rows",
     "dtype_comparison",
     "score_families",
+    "training_by_width",
     "training_effect",
     "analyze",
     "analysis_to_dict",
@@ -1019,12 +1020,11 @@ def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
     usable, _ = _split_usable(trials_df)
     if controls.empty or usable.empty:
         return pd.DataFrame(columns=cols)
-    keys = [a for a in ("data_frames", "n_embd", "n_layer", "n_head", "dtype") if a in controls.columns]
-    ref = controls.iloc[0]
-    same = np.ones(len(usable), dtype=bool)
-    for k in keys:
-        same &= (usable[k] == ref[k]).to_numpy()
-    matched = usable[same]
+    keys = _config_keys(controls)
+    ref = controls.groupby(keys).size().idxmax()  # the reference: the control config with the most seeds
+    ref = dict(zip(keys, ref if isinstance(ref, tuple) else (ref,)))
+    controls = controls[_same(controls, ref)]
+    matched = usable[_same(usable, ref)]
     rows = []
     for score in ["brain_r_mean"] + [f"brain_r_{f}" for f in score_families(trials_df)]:
         c = controls[score].to_numpy(float)
@@ -1045,6 +1045,37 @@ def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
             best_gain=best - float(c.mean()), margin=margin, separates=bool(best - c.mean() > margin),
         ))
     return pd.DataFrame(rows, columns=cols)
+
+
+def _config_keys(df: pd.DataFrame) -> list[str]:
+    return [a for a in ("data_frames", "n_embd", "n_layer", "n_head", "dtype") if a in df.columns]
+
+
+def _same(df: pd.DataFrame, config: dict[str, Any]) -> np.ndarray:
+    sel = np.ones(len(df), dtype=bool)
+    for k, v in config.items():
+        sel &= (df[k] == v).to_numpy()
+    return sel
+
+
+def training_by_width(trials_df: pd.DataFrame, score: str = "brain_r_mean") -> pd.DataFrame:
+    """Trained minus untrained per width: each untrained control config against the trained trials
+    of the same config (every seed of each). Columns ``n_embd, untrained, trained, gain, n_trained``."""
+    cols = ["n_embd", "untrained", "trained", "gain", "n_trained"]
+    controls = control_rows(trials_df)
+    usable, _ = _split_usable(trials_df)
+    if controls.empty or usable.empty or score not in controls:
+        return pd.DataFrame(columns=cols)
+    keys = _config_keys(controls)
+    rows = []
+    for config, group in controls.groupby(keys):
+        config = dict(zip(keys, config if isinstance(config, tuple) else (config,)))
+        t = usable.loc[_same(usable, config), score].to_numpy(float)
+        if len(t):
+            u = float(group[score].mean())
+            rows.append(dict(n_embd=config["n_embd"], untrained=u, trained=float(t.mean()),
+                             gain=float(t.mean()) - u, n_trained=len(t)))
+    return pd.DataFrame(rows, columns=cols).sort_values("n_embd").reset_index(drop=True)
 
 
 def _welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -1268,6 +1299,7 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
     out["effects"] = {m: axis_effects(usable, m) for m in ("val_loss", "brain_r_mean")}
     out["dtype"] = dtype_comparison(usable)
     out["training_effect"] = training_effect(trials_df)
+    out["training_by_width"] = training_by_width(trials_df)
 
     if len(usable):
         ratio = usable["train_flops"] / (usable["params_nonembed"] * usable["tokens"])
@@ -1317,8 +1349,8 @@ def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         "fronts": analysis["fronts"],
         "effects": {m: e.to_dict(orient="records") for m, e in analysis["effects"].items()},
         "dtype": analysis["dtype"].to_dict(orient="records"),
-        "training_effect": analysis["training_effect"].to_dict(orient="records")
-        if "training_effect" in analysis else [],
+        **{k: analysis[k].to_dict(orient="records") if k in analysis else []
+           for k in ("training_effect", "training_by_width")},
         "paper_dtype": PAPER_DTYPE,
     })
 

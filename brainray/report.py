@@ -237,7 +237,8 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
     controls = analysis.get("controls", df.iloc[:0])
     ncols = min(4, len(families))
     nrows = -(-len(families) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.0 * nrows), squeeze=False,
+                             layout="constrained")
     sc = None
     for ax, fam in zip(axes.flat, families):
         col = f"brain_r_{fam}"
@@ -268,7 +269,7 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-def _training_section(effect: pd.DataFrame, out: Path, notes: dict[str, str]) -> str:
+def _training_section(effect: pd.DataFrame, by_width: pd.DataFrame | None, out: Path, notes: dict[str, str]) -> str:
     """What training adds: trained minus untrained per family, against seed noise."""
     if effect is None or effect.empty:
         return ("<h2>What training adds</h2><p class='note'>No untrained control in this sweep "
@@ -288,6 +289,10 @@ def _training_section(effect: pd.DataFrame, out: Path, notes: dict[str, str]) ->
         "sweep minus the untrained mean; it <b>separates</b> when it exceeds <b>margin</b> = "
         "max(5 seed s.d., 0.05). Controls are left out of every fit, frontier and allocation.</p>"
         + _table(shown)
+        + ("" if by_width is None or by_width.empty else
+           "<h3>By width</h3><p class='note'>brain_r_mean of each untrained width against the same "
+           "config trained (mean over its seeds): how much training adds depends on how much a random "
+           "model of that width already carries.</p>" + _table(by_width))
         + _img(out, "frontier_families.png", notes, "brain score per parcel family vs training FLOPs")
     )
 
@@ -726,7 +731,7 @@ training FLOPs (exact count); GPU-hours are kept separate because dtype changes 
 not FLOPs.</p>
 <div class="cards">{card_html}</div>
 
-{_training_section(analysis.get("training_effect"), out, notes)}
+{_training_section(analysis.get("training_effect"), analysis.get("training_by_width"), out, notes)}
 
 <h2>Fitted scaling laws</h2>
 {fits}

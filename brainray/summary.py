@@ -101,7 +101,8 @@ def _table(df: pd.DataFrame, index: bool = False) -> str:
 
 def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:
     """Best finished trial per decade of training FLOPs, by val loss and by brain score."""
-    ok = trials[(trials["status"] == "TERMINATED") & trials["train_flops"].gt(0)].copy()
+    trained = trials["control"].fillna("").eq("") if "control" in trials else True  # controls never count
+    ok = trials[(trials["status"] == "TERMINATED") & trials["train_flops"].gt(0) & trained].copy()
     if ok.empty:
         return pd.DataFrame()
     ok["budget"] = 10 ** np.floor(np.log10(ok["train_flops"]))
@@ -117,6 +118,20 @@ def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:
             row["at"] = tuple(br[c] for c in cols)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _training_lines(trials: pd.DataFrame) -> list[str]:
+    """One line on what training adds to brain_r_mean, against the untrained control and seed noise."""
+    from brainray.frontier import training_effect
+
+    effect = training_effect(trials)
+    if effect.empty:
+        return []
+    e = effect.iloc[0]  # brain_r_mean
+    sd = f", seed s.d. {e['seed_sd']:.4f}" if np.isfinite(e["seed_sd"]) else ""
+    return ["", f"What training adds (brain r mean): untrained control {e['untrained']:.3f}, trained reference "
+                f"{e['trained']:.3f} ({e['gain']:+.3f}{sd}), best trained {e['best']:.3f} ({e['best_gain']:+.3f}); "
+                "per family in the report"]
 
 
 def run_frontier(root: str | Path, bootstrap: int = 200, log=print) -> Path:
@@ -150,6 +165,7 @@ def final_summary(root: str | Path, elapsed_s: float | None = None) -> str:
         if not best.empty:
             with pd.option_context("display.width", 200, "display.max_colwidth", 60):
                 lines += ["", "Best configuration per training-FLOPs budget:", best.to_string(index=False)]
+        lines += _training_lines(trials)
     lines += [
         "",
         "Written:",
