@@ -11,8 +11,11 @@ machine) and then reads the trial log, the dataset manifest and the frontier fit
 - the frontier rises: the best score in the top quartile of training FLOPs against the best
   in the bottom quartile, and whether the brain law is identified (no parameter at a bound).
 
-    python benchmarks/brain_sensitivity.py                    # ~8 min on 2 idle cores
-    python benchmarks/brain_sensitivity.py --storage results  # reuse a finished demo sweep there
+    python benchmarks/brain_sensitivity.py                    # ~6 min on 2 idle cores
+    python benchmarks/brain_sensitivity.py --reuse            # measure the sweep it ran last time again
+    python benchmarks/brain_sensitivity.py --preset my.yaml   # another spec (its name names the folder)
+
+The sweep goes to ``results/brain_sensitivity/`` (kept, not committed).
 
 Writes ``results/benchmarks/brain_sensitivity.json`` and ``.md``.
 """
@@ -22,10 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +41,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from brainray import frontier, triallog  # noqa: E402
+from brainray.config import load_spec  # noqa: E402
 
 OUT = REPO / "results" / "benchmarks"
 
@@ -96,6 +100,7 @@ def measure(root: Path) -> dict:
             **{k: law.get(k) for k in ("E", "A", "B", "alpha", "beta")},
         },
         "families": effect.to_dict(orient="records"),
+        "by_width": frontier.training_by_width(trials).to_dict(orient="records"),
     }
 
 
@@ -134,23 +139,24 @@ def _md(res: dict) -> str:
             f"| {f['score']} | {f['untrained']:.3f} | {f['trained']:.3f} | {f['gain']:+.3f} {ci} | {f['seed_sd']:.4f} "
             f"| {f['best']:.3f} | {f['best_gain']:+.3f} | {yes[bool(f['separates'])]} |"
         )
+    lines += ["", "## By width", "", "brain_r_mean of each untrained width against the same config trained (mean over "
+              "its seeds).", "", "| n_embd | untrained | trained | gain | trained trials |", "|---|---|---|---|---|"]
+    lines += [f"| {w['n_embd']} | {w['untrained']:.3f} | {w['trained']:.3f} | {w['gain']:+.3f} | {w['n_trained']} |"
+              for w in res["by_width"]]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--storage", help="a finished demo sweep's storage (default: run one in a temp folder)")
     ap.add_argument("--preset", default="demo")
+    ap.add_argument("--reuse", action="store_true", help="measure the sweep already in results/brain_sensitivity")
     args = ap.parse_args()
-    wall = None
-    with tempfile.TemporaryDirectory(prefix="brainray-sensitivity-") as tmp:
-        storage = Path(args.storage) if args.storage else Path(tmp)
-        if not args.storage:
-            wall = _sweep(storage, args.preset)
-        root = storage / args.preset
-        res = {"tokenizer": _tokenizer(root), **measure(root), "wall_s": wall, "preset": args.preset,
-               "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"}
+    storage = REPO / "results" / "brain_sensitivity"
+    wall = None if args.reuse else _sweep(storage, args.preset)
+    root = storage / load_spec(args.preset).name
+    res = {"tokenizer": _tokenizer(root), **measure(root), "wall_s": wall, "preset": args.preset,
+           "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "brain_sensitivity.json").write_text(json.dumps(frontier._jsonable(res), indent=1))
     (OUT / "brain_sensitivity.md").write_text(_md(res))

@@ -301,3 +301,25 @@ def test_heads_for_width_must_divide_the_width(tmp_path):
         load_spec(str(path))
     path.write_text("axes:\n  n_embd: [15, 48]\n  heads_for_width: {15: 5}\n")
     assert {(t["n_embd"], t["n_head"]) for t in load_spec(str(path)).axes.trials()} >= {(15, 5), (48, 2)}
+
+
+def test_controls_at_the_reference_per_seed_and_per_width():
+    spec = load_spec("demo")
+    controls = spec.axes.control_trials()
+    ref = {k: v for k, v in spec.axes.reference.items() if k != "seed"}
+    at_ref = [c for c in controls if c["n_embd"] == ref["n_embd"]]
+    assert [c["seed"] for c in at_ref] == spec.axes.seed == [0, 1, 2]
+    assert {c["n_embd"] for c in controls} == set(spec.axes.n_embd)
+    assert all(c["control"] == "untrained" and c["data_frames"] == ref["data_frames"] for c in controls)
+    assert spec.runs()[-len(controls):] == controls  # they run after the trained trials
+    assert load_spec("demo", {"axes": {"controls": []}}).axes.control_trials() == []
+    with pytest.raises(SpecError, match="'axes.controls' must be a list of"):
+        load_spec("demo", {"axes": {"controls": ["shuffled"]}})
+
+
+def test_dry_run_prices_controls_at_zero():
+    from brainray.summary import dry_run_table
+
+    text = dry_run_table(load_spec("smoke"))
+    control_lines = [line for line in text.splitlines() if line.rstrip().endswith("untrained")]
+    assert control_lines and all(" 0 " in line for line in control_lines)

@@ -451,3 +451,40 @@ def test_two_stage_recovers_a_known_link():
     assert np.allclose(fit.predict(Nq, Dq), truth, atol=0.02)
     with pytest.raises(ValueError, match="score has NaN"):
         fit_two_stage(N, D, loss, np.where(rng.random(len(N)) < 0.2, np.nan, score))
+
+
+def test_training_effect_against_controls_and_seed_noise(trials):
+    """Controls are never fitted; what training adds is the trained reference minus the controls,
+    with the seed noise of the trained reference and a Welch interval; a family with a known
+    gain of 0.1 separates, one with no gain does not."""
+    from brainray.frontier import training_by_width, training_effect
+
+    rng = np.random.default_rng(0)
+    ref = trials.iloc[0]
+    config = {k: ref[k] for k in ("data_frames", "n_embd", "n_layer", "n_head", "dtype")}
+    seeds = [ref.to_dict() | {"seed": s, "trial_id": f"ref-{s}"} for s in range(4)]
+    base = pd.DataFrame(seeds)
+    base["brain_r_object"] = 0.6 + rng.normal(0, 0.005, 4)
+    base["brain_r_visual"] = 0.5 + rng.normal(0, 0.005, 4)
+    ctrl = base.assign(trial_id=[f"ctrl-{s}" for s in range(4)], control="untrained", train_flops=0.0, tokens=0,
+                       brain_r_object=0.5 + rng.normal(0, 0.005, 4), brain_r_visual=0.5 + rng.normal(0, 0.005, 4))
+    df = pd.concat([trials.drop(index=0), base, ctrl], ignore_index=True)
+    df["control"] = df["control"].fillna("")
+    df["brain_r_mean"] = df["brain_r_mean"].astype(float)
+    effect = training_effect(df).set_index("score")
+    obj, vis = effect.loc["brain_r_object"], effect.loc["brain_r_visual"]
+    assert obj["gain"] == pytest.approx(0.1, abs=0.02) and obj["gain_ci_lo"] > 0.05 and obj["separates"]
+    assert abs(vis["gain"]) < 0.02 and vis["gain_ci_lo"] < 0 < vis["gain_ci_hi"] and not vis["separates"]
+    assert obj["n_seeds"] == 4 and obj["seed_sd"] == pytest.approx(np.std(base["brain_r_object"], ddof=1))
+    result = analyze(df, strict=False)
+    assert not result["usable"]["trial_id"].str.startswith("ctrl").any()
+    assert set(result["left_out"]["trial_id"]) >= {f"ctrl-{s}" for s in range(4)}
+    assert training_by_width(df, "brain_r_object")["gain"].iloc[0] == pytest.approx(obj["gain"])
+    assert training_effect(trials).empty  # no controls: nothing to say
+
+
+def test_a_law_at_a_bound_is_not_identified():
+    assert LawFit(E=1.8, A=400.0, B=2000.0, alpha=0.34, beta=0.37).identified
+    degenerate = LawFit(E=0.0, A=400.0, B=1e30, alpha=0.34, beta=5.0)
+    assert degenerate.at_bound == ["beta", "E", "B"] and not degenerate.identified
+    assert degenerate.to_dict()["identified"] is False
