@@ -42,6 +42,8 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "LawFit",
     "fit_law",
+    "fit_compute_law",
+    "ComputeLaw",
     "pareto_front",
     "allocation_discrete",
     "config_frontier",
@@ -654,6 +656,194 @@ def _percentile_ci(boot: np.ndarray, level: float = 0.95) -> dict[str, tuple[flo
 
 
 # ---------------------------------------------------------------------------------------
+# Compute-only law (Gokce & Schrimpf 2025)
+# ---------------------------------------------------------------------------------------
+
+COMPUTE_FORMS = ("power", "ceiling_gap")
+
+
+@dataclass
+class ComputeLaw:
+    """A fitted law of a metric against compute alone: ``y = E + A * C**-alpha`` (``power``),
+    or ``1 - y / ceiling = E + A * C**-alpha`` (``ceiling_gap``, for scores).
+
+    Attributes
+    ----------
+    E, A, alpha : float
+        Law parameters (E, A >= 0).
+    form : {"power", "ceiling_gap"}
+    ceiling : float or None
+        ``ceiling_gap`` only: the ceiling given, or 1 when none was (the gap is then the
+        misalignment ``1 - y``, as Gokce & Schrimpf fit it, and :attr:`asymptote` = 1 - E is
+        the score compute alone reaches).
+    ci : dict of str to (float, float)
+        95 % percentile bootstrap intervals (full re-fits) of E, A, alpha and the asymptote.
+    n_used, n_bootstrap, n_bootstrap_failed : int
+    objective : float
+        Summed Huber loss of the log residuals at the optimum.
+    """
+
+    E: float
+    A: float
+    alpha: float
+    form: str = "power"
+    ceiling: float | None = None
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_used: int = 0
+    n_bootstrap: int = 0
+    n_bootstrap_failed: int = 0
+    objective: float = math.nan
+    delta: float = 1e-3
+
+    @property
+    def asymptote(self) -> float:
+        """Limit as C -> inf: E (power), or ceiling * (1 - E) (ceiling_gap)."""
+        return self.ceiling * (1.0 - self.E) if self.form == "ceiling_gap" else self.E
+
+    @property
+    def at_bound(self) -> list[str]:
+        """Parameters at a bound of the fit (see :attr:`LawFit.at_bound`)."""
+        lo, hi = _EXP_BOUNDS
+        out = ["alpha"] if self.alpha <= lo * 1.01 or self.alpha >= hi * 0.99 else []
+        return out + [k for k in ("E", "A") if not getattr(self, k) > 0 or abs(math.log(getattr(self, k))) >= _LOG_BOUND - 1]
+
+    @property
+    def identified(self) -> bool:
+        """No parameter at a bound, and (with a bootstrap) alpha's 95 % CI within a factor of 10."""
+        lo, hi = self.ci.get("alpha", (math.nan, math.nan))
+        wide = lo > 0 and hi / lo > 10 if math.isfinite(lo) and math.isfinite(hi) else False
+        return not self.at_bound and not wide and not (math.isfinite(lo) and lo <= 0)
+
+    def predict(self, C: Any) -> np.ndarray:
+        """The metric at compute C: the loss (power) or the score (ceiling_gap)."""
+        value = self.E + self.A * np.asarray(C, dtype=float) ** -self.alpha
+        return self.ceiling * (1.0 - value) if self.form == "ceiling_gap" else value
+
+    def to_dict(self) -> dict[str, Any]:
+        law = "1 - y/ceiling = E + A*C^-alpha" if self.form == "ceiling_gap" else "y = E + A*C^-alpha"
+        return _jsonable({
+            "form": self.form, "law": law, "E": self.E, "A": self.A, "alpha": self.alpha, "ceiling": self.ceiling,
+            "asymptote": self.asymptote, "ci": {k: [lo, hi] for k, (lo, hi) in self.ci.items()},
+            "at_bound": self.at_bound, "identified": self.identified, "n_used": self.n_used,
+            "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
+            "objective": self.objective, "delta": self.delta,
+        })
+
+
+def fit_compute_law(C: Any, y: Any, form: str = "power", ceiling: float | None = None, delta: float = 1e-3,
+                    bootstrap: int = 0, seed: int = 0) -> ComputeLaw:
+    """Fit a metric against compute alone, as Gokce & Schrimpf (2025) fit alignment.
+
+    ``form="power"``: ``y = E + A C^-alpha`` (a loss, or a misalignment the caller computed).
+    ``form="ceiling_gap"``: ``1 - y / ceiling = E + A C^-alpha`` (a brain score), with the
+    ceiling given or, when None, 1: the gap is the misalignment ``1 - y`` and the score that
+    compute alone reaches is ``1 - E``, with its CI. Fitted like :func:`fit_law`: Huber
+    (``delta``) on log residuals, a grid over alpha with the exact non-negative least squares
+    of (E, A) at each (variable projection), then L-BFGS-B from the best grid points.
+
+    Parameters
+    ----------
+    C : array_like of shape (n,)
+        Compute (training FLOPs or GPU-hours), > 0.
+    y : array_like of shape (n,)
+        The metric: > 0 for ``power``; below the ceiling for ``ceiling_gap``.
+    bootstrap : int, default=0
+        Resamples of the rows, each with a full re-fit; gives ``ci``.
+
+    Returns
+    -------
+    ComputeLaw
+    """
+    if form not in COMPUTE_FORMS:
+        raise ValueError(f"fit_compute_law: 'form' must be one of {COMPUTE_FORMS}; got {form!r}.")
+    C = np.asarray(C, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if len(C) != len(y) or len(C) < 3:
+        raise ValueError(f"fit_compute_law: C and y need the same length, at least 3; got {len(C)} and {len(y)}.")
+    if not (np.all(np.isfinite(C)) and np.all(np.isfinite(y)) and np.all(C > 0)):
+        raise ValueError("fit_compute_law: C must be finite and > 0, and y finite; drop the other rows first.")
+    if np.unique(C).size < 2:
+        raise ValueError("fit_compute_law: C has a single value; a law against compute needs several.")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise ValueError(f"fit_compute_law: 'bootstrap' must be an int >= 0; got {bootstrap!r}.")
+    c = None
+    target = y
+    if form == "ceiling_gap":
+        c = 1.0 if ceiling is None else float(ceiling)
+        if not c > 0 or np.any(y >= c):
+            raise ValueError(f"fit_compute_law: every score must lie below the ceiling {c:g}; the largest is "
+                             f"{float(y.max()):g}. Pass the noise ceiling (or none: 1).")
+        target = 1.0 - y / c
+    elif np.any(y <= 0):
+        raise ValueError("fit_compute_law: form='power' needs y > 0 (a loss); use 'ceiling_gap' for scores.")
+    with _one_blas_thread():
+        params, obj = _fit_power(C, target, delta)
+        fit = ComputeLaw(*map(float, params), form=form, ceiling=c, n_used=len(y), objective=obj, delta=delta)
+        if bootstrap:
+            rng = np.random.default_rng(seed)
+            boot, failed = [], 0
+            for _ in range(bootstrap):
+                idx = rng.integers(0, len(y), len(y))
+                if np.unique(C[idx]).size < 2:
+                    failed += 1
+                    continue
+                boot.append(_fit_power(C[idx], target[idx], delta)[0])
+            fit.n_bootstrap, fit.n_bootstrap_failed = bootstrap, failed
+            if len(boot) >= 2:
+                b = np.array(boot)
+                cols = {"E": b[:, 0], "A": b[:, 1], "alpha": b[:, 2]}
+                cols["asymptote"] = c * (1 - b[:, 0]) if form == "ceiling_gap" else b[:, 0]
+                fit.ci = {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in cols.items()}
+    return fit
+
+
+def _fit_power(C: np.ndarray, y: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
+    """(E, A, alpha) of ``y = E + A C^-alpha`` and the Huber objective: grid + NNLS, then L-BFGS-B."""
+    logC, logy = np.log(C), np.log(y)
+    X = np.exp(-np.outer(_ALPHA_GRID, logC))  # (k, n): C^-alpha
+    w = 1.0 / y  # relative residuals (E + A x) / y - 1
+    best = []
+    for k, x in enumerate(X):
+        cols = np.stack([w, x * w], axis=1)  # (n, 2)
+        sol = np.zeros(2)
+        coef, *_ = np.linalg.lstsq(cols, np.ones_like(y), rcond=None)
+        if np.all(coef >= 0):
+            sol = coef
+        else:  # one of E, A is 0: the better of the two one-column fits
+            fits = [max(0.0, float(cols[:, j] @ np.ones_like(y) / (cols[:, j] @ cols[:, j]))) for j in (0, 1)]
+            sse = [((cols[:, j] * fits[j] - 1) ** 2).sum() for j in (0, 1)]
+            j = int(np.argmin(sse))
+            sol[j] = fits[j]
+        pred = np.maximum(sol[0] + sol[1] * x, 1e-300)
+        best.append((float(_huber(np.log(pred) - logy, delta).sum()), k, sol))
+    best.sort(key=lambda t: t[0])
+    floor = 1e-12 * float(np.min(y))
+    bounds = [(-_LOG_BOUND, _LOG_BOUND)] * 2 + [_EXP_BOUNDS]
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        e, a, al = theta
+        t0, t1 = np.full_like(logC, e), a - al * logC
+        m = np.maximum(t0, t1)
+        w0, w1 = np.exp(t0 - m), np.exp(t1 - m)
+        r = m + np.log(w0 + w1) - logy
+        g = np.clip(r, -delta, delta) / delta / (w0 + w1)
+        return float(_huber(r, delta).sum() / delta), np.array([(g * w0).sum(), (g * w1).sum(), -(g * w1 * logC).sum()])
+
+    top = min(len(best), _N_STARTS)
+    result, f_best = None, np.inf
+    for _, k, sol in best[:top]:
+        x0 = np.clip([np.log(max(sol[0], floor)), np.log(max(sol[1], floor)), _ALPHA_GRID[k]],
+                     [-_LOG_BOUND, -_LOG_BOUND, _EXP_BOUNDS[0]], [_LOG_BOUND, _LOG_BOUND, _EXP_BOUNDS[1]])
+        res = optimize.minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000})
+        if res.fun < f_best:
+            result, f_best = res.x, float(res.fun)
+    params = np.array([np.exp(result[0]), np.exp(result[1]), result[2]])
+    params[:2][params[:2] <= floor * 1.0000001] = 0.0
+    return params, f_best * delta
+
+
+# ---------------------------------------------------------------------------------------
 # Fronts, allocation, effects
 # ---------------------------------------------------------------------------------------
 
@@ -725,6 +915,32 @@ def _metric_fit(df: pd.DataFrame, metric: str, bootstrap: int = 0, seed: int = 0
         return fit_law(N, D, y, form="ceiling_gap", ceiling=ceiling, bootstrap=bootstrap,
                        seed=seed)
     return fit_law(N, D, y, form="chinchilla", bootstrap=bootstrap, seed=seed)
+
+
+def compute_laws(usable: pd.DataFrame, fronts: dict[str, Any], bootstrap: int = 0, seed: int = 0
+                 ) -> tuple[dict[str, ComputeLaw], dict[str, str]]:
+    """The compute-only law of each metric on its Pareto front, against FLOPs and GPU-hours apart.
+
+    ``val_loss`` takes the ``power`` form; ``brain_r_mean`` the ``ceiling_gap`` form with the
+    known noise ceiling (its mean over the front's rows), or 1 when it is unknown (the
+    asymptote is then the score compute alone reaches). Returns (laws, why-not per key).
+    """
+    laws, errors = {}, {}
+    for key, front in fronts.items():
+        rows = usable[usable["trial_id"].isin(front["trial_ids"])]
+        metric, cost = front["metric"], front["cost"]
+        if len(rows) < 3 or rows[cost].nunique() < 3:
+            errors[key] = f"{len(rows)} trial(s) on the front of {metric} vs {cost}; a compute law needs 3 or more"
+            continue
+        col = _ceiling_column(rows) if metric != "val_loss" else None
+        form = "power" if metric == "val_loss" else "ceiling_gap"
+        ceiling = float(rows[col].mean()) if col else None
+        try:
+            laws[key] = fit_compute_law(rows[cost], rows[metric], form=form, ceiling=ceiling,
+                                        bootstrap=bootstrap, seed=seed)
+        except ValueError as err:
+            errors[key] = str(err)
+    return laws, errors
 
 
 def _ceiling_column(df: pd.DataFrame) -> str | None:
@@ -1300,6 +1516,7 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
     out["dtype"] = dtype_comparison(usable)
     out["training_effect"] = training_effect(trials_df)
     out["training_by_width"] = training_by_width(trials_df)
+    out["compute_laws"], out["compute_law_errors"] = compute_laws(usable, fronts, min(bootstrap, 100), seed)
 
     if len(usable):
         ratio = usable["train_flops"] / (usable["params_nonembed"] * usable["tokens"])
@@ -1351,6 +1568,8 @@ def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         "dtype": analysis["dtype"].to_dict(orient="records"),
         **{k: analysis[k].to_dict(orient="records") if k in analysis else []
            for k in ("training_effect", "training_by_width")},
+        "compute_laws": {k: f.to_dict() for k, f in analysis.get("compute_laws", {}).items()},
+        "compute_law_errors": analysis.get("compute_law_errors", {}),
         "paper_dtype": PAPER_DTYPE,
     })
 

@@ -650,6 +650,30 @@ def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
             f"{html.escape('; '.join(extra))}.</p>{tbl}")
 
 
+def _compute_law_section(laws: dict[str, Any], errors: dict[str, str]) -> str:
+    """Each metric's Pareto front against compute alone: its law and the asymptote it implies."""
+    if not laws and not errors:
+        return ""
+    rows = []
+    for key, f in laws.items():
+        metric, cost = key.split("_vs_")
+        ci = lambda k: (f"[{_fmt(f.ci[k][0])}, {_fmt(f.ci[k][1])}]" if k in f.ci else "")  # noqa: E731
+        rows.append(dict(metric=metric, cost=cost, law=("1 − y/c = E + A·C^−α" if f.form == "ceiling_gap"
+                                                        else "y = E + A·C^−α"),
+                         ceiling=f.ceiling, E=f.E, alpha=f.alpha, alpha_ci=ci("alpha"), asymptote=f.asymptote,
+                         asymptote_ci=ci("asymptote"), n=f.n_used,
+                         identified="yes" if f.identified else "not identified: " + (", ".join(f.at_bound)
+                                                                                   or "α CI spans > 10×")))
+    body = _table(pd.DataFrame(rows)) if rows else ""
+    errs = "".join(f"<p class='note'>{html.escape(k)}: {html.escape(v)}</p>" for k, v in errors.items())
+    return ("<h3>Against compute alone (Pareto fronts)</h3><p class='note'>The front of each metric against "
+            "training FLOPs and against GPU-hours, fitted as Gokce & Schrimpf (2025) fit alignment: "
+            "<b>asymptote</b> is what compute alone reaches (for the brain score: the score ceiling the sweep "
+            "implies; with no known noise ceiling, c = 1 and the gap is the misalignment 1 − r). A law whose "
+            "parameter sits at a bound, or whose α CI spans more than 10×, is <b>not identified</b> by this "
+            "sweep.</p>" + body + errs)
+
+
 def _two_stage_section(fit: Any) -> str:
     if fit is None:
         return ""
@@ -679,7 +703,8 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
                         f"<span>{html.escape(n)}</span></div>" for n, v in cards)
 
     fits = "".join(_fit_section(m, analysis["fits"].get(m), analysis["fit_errors"].get(m))
-                   for m in ("val_loss", "brain_r_mean")) + _two_stage_section(analysis.get("two_stage"))
+                   for m in ("val_loss", "brain_r_mean")) + _two_stage_section(analysis.get("two_stage")) \
+        + _compute_law_section(analysis.get("compute_laws", {}), analysis.get("compute_law_errors", {}))
 
     alloc = analysis["allocation"]
     if alloc.empty:

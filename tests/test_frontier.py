@@ -488,3 +488,64 @@ def test_a_law_at_a_bound_is_not_identified():
     degenerate = LawFit(E=0.0, A=400.0, B=1e30, alpha=0.34, beta=5.0)
     assert degenerate.at_bound == ["beta", "E", "B"] and not degenerate.identified
     assert degenerate.to_dict()["identified"] is False
+
+
+# ---------------------------------------------------------------------------------------
+# fit_compute_law
+# ---------------------------------------------------------------------------------------
+
+COMPUTE = np.geomspace(1e9, 1e13, 12)
+
+
+@pytest.mark.parametrize("form, ceiling, truth", [
+    ("power", None, (1.7, 300.0, 0.23)),
+    ("ceiling_gap", 0.5, (0.4, 50.0, 0.15)),
+    ("ceiling_gap", None, (0.45, 20.0, 0.12)),  # Gokce & Schrimpf: the misalignment 1 - y
+])
+def test_compute_law_recovers_noiseless_parameters(form, ceiling, truth):
+    from brainray.frontier import fit_compute_law
+
+    E, A, alpha = truth
+    gap = E + A * COMPUTE ** -alpha
+    y = gap if form == "power" else (ceiling or 1.0) * (1 - gap)
+    fit = fit_compute_law(COMPUTE, y, form=form, ceiling=ceiling)
+    for got, want in zip((fit.E, fit.A, fit.alpha), truth):
+        assert got == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(fit.predict(COMPUTE), y, rtol=1e-6)
+    want_asymptote = E if form == "power" else (ceiling or 1.0) * (1 - E)
+    assert fit.asymptote == pytest.approx(want_asymptote, rel=1e-6) and fit.identified
+    assert json.dumps(fit.to_dict())
+
+
+def test_compute_law_ci_coverage_is_near_nominal():
+    """95 % bootstrap intervals (full re-fits) on 40 noisy sets hold the true alpha and asymptote
+    about 95 % of the time."""
+    from brainray.frontier import fit_compute_law
+
+    rng = np.random.default_rng(0)
+    E, A, alpha = 1.7, 300.0, 0.23
+    C = np.geomspace(1e9, 1e13, 20)
+    hits = {"alpha": 0, "asymptote": 0}
+    n = 40
+    for i in range(n):
+        y = (E + A * C ** -alpha) * np.exp(rng.normal(0, 0.01, len(C)))
+        fit = fit_compute_law(C, y, bootstrap=80, seed=i)
+        hits["alpha"] += fit.ci["alpha"][0] <= alpha <= fit.ci["alpha"][1]
+        hits["asymptote"] += fit.ci["asymptote"][0] <= E <= fit.ci["asymptote"][1]
+    for k, v in hits.items():
+        assert 0.8 <= v / n <= 1.0, (k, v / n)
+
+
+def test_compute_law_flags_and_errors():
+    from brainray.frontier import fit_compute_law
+
+    flat = fit_compute_law(COMPUTE, np.full(len(COMPUTE), 2.0) * (1 + 1e-9 * np.arange(len(COMPUTE))))
+    assert not flat.identified  # nothing falls with compute: A or alpha sits at a bound
+    with pytest.raises(ValueError, match="'form' must be one of"):
+        fit_compute_law(COMPUTE, COMPUTE, form="chinchilla")
+    with pytest.raises(ValueError, match="below the ceiling 0.5"):
+        fit_compute_law(COMPUTE, np.full(len(COMPUTE), 0.6), form="ceiling_gap", ceiling=0.5)
+    with pytest.raises(ValueError, match="single value"):
+        fit_compute_law(np.ones(5), np.arange(1, 6.0))
+    with pytest.raises(ValueError, match="needs y > 0"):
+        fit_compute_law(COMPUTE, -np.ones(len(COMPUTE)))
