@@ -60,7 +60,7 @@ from brainray.dataset import (
     _DAMAGED, FPS, MANIFEST, Dataset, SubjectBold, _incomplete, _missing, _read_manifest, _reading, _why, load_dataset,
 )
 
-__all__ = ["Dataset", "SubjectBold", "prepare", "load_dataset", "MANIFEST", "REPLAY_ORDER", "FPS"]
+__all__ = ["Dataset", "SubjectBold", "prepare", "load_dataset", "run_stimulus", "MANIFEST", "REPLAY_ORDER", "FPS"]
 
 Log = Callable[[str], None]
 MapFn = Callable[[Callable, Iterable], list]
@@ -426,7 +426,7 @@ def _runs(d: DataSpec, replays: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return runs
 
 
-def _run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> simbrain.RunStimulus:
+def run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> simbrain.RunStimulus:
     """The 60 Hz stimulus of one run: its plays at their onsets, a blank screen between."""
     store = video.FrameStore(root / "frames")
     frames, actions, rewards, states = [], [], [], []
@@ -446,7 +446,7 @@ def _run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> si
 
 
 def _brain(d: DataSpec, root: Path, runs: list[dict[str, Any]], log: Log) -> None:
-    stimuli = [_run_stimulus(root, r, d.run_vols, d.tr) for r in runs]
+    stimuli = [run_stimulus(root, r, d.run_vols, d.tr) for r in runs]
     if all(s.state is not None for s in stimuli):
         fractions = simbrain.GAME_FRACTIONS
     else:

@@ -64,6 +64,7 @@ __all__ = [
     "n_volumes",
     "noise_ceiling",
     "realized_ceiling",
+    "run_tr_features",
     "simulate_run",
     "simulate_subject",
     "stimulus_features",
@@ -860,8 +861,9 @@ def _signals(
     return [r * gain for r in raw]
 
 
-def _run_tr_features(run: RunStimulus, config: SimBrainConfig) -> dict[str, np.ndarray]:
-    """HRF-convolved features of one run at its volume times; (n_vols,) each."""
+def run_tr_features(run: RunStimulus, config: SimBrainConfig) -> dict[str, np.ndarray]:
+    """Every feature of one run (:func:`stimulus_features` on its timeline), HRF-convolved at its
+    volume times; (n_vols,) each. What the parcels of that run are made from."""
     feats = _timeline_features(run, config.grid)
     return hrf_features(feats, run.n_volumes(config.tr), config.tr, run.fps)
 
@@ -871,7 +873,7 @@ def _simulate(
     config: SimBrainConfig, tr_feats: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if tr_feats is None:
-        tr_feats = [_run_tr_features(r, config) for r in runs]
+        tr_feats = [run_tr_features(r, config) for r in runs]
     missing = sorted({f for p in parcels for f in p.features} - set(tr_feats[0]))
     if missing:
         raise ValueError(
@@ -960,7 +962,7 @@ def simulate_subject(
                 f"runs[{i}] lasts {run.duration:g} s, less than 2 volumes at tr={config.tr}; "
                 "give longer runs."
             )
-    tr_feats = [_run_tr_features(r, config) for r in runs]
+    tr_feats = [run_tr_features(r, config) for r in runs]
     for i, feats in enumerate(tr_feats[1:], start=1):
         if set(feats) != set(tr_feats[0]):
             raise ValueError(
