@@ -78,7 +78,7 @@ def _cost_rows(spec: SweepSpec, run: dict) -> list[dict]:
     )
     sizes = run.get("branches") or [run["data_frames"]]
     pairs = [max(1, d // span - 1) for d in sizes]  # one play: an upper bound on the real pairs
-    reuse = tr.data_schedule == "reuse"
+    reuse = tr.data_schedule == "reuse" and not run.get("control")
     plan = schedule.reuse_plan(sizes, pairs, tr.epochs, tr.batch_size, tr.cooldown_frac) if reuse else None
     fpt = gpt.train_flops_per_token(run["n_layer"], run["n_embd"], tk.n_codes, 2 * T, n_logits=T)
     rows = []

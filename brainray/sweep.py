@@ -627,7 +627,7 @@ def _run_trials(
     if search == "grid":
         trials = spec.runs()
         if spec.train.data_schedule == "reuse":
-            n = sum(len(t["branches"]) for t in trials)
+            n = sum(len(t.get("branches") or [t]) for t in trials)  # a control is one trial
             log(f"[sweep] {n} trials as {len(trials)} reuse runs (one per model config; each smaller data size "
                 "a cooldown branch, logged as its own trial), FIFO grid")
         else:

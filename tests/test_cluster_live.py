@@ -128,13 +128,13 @@ def test_ray_job_submit_runs_the_sweep(cluster, tmp_path):
     listed = _ray(cluster, "job", "list", *addr).stdout
     assert "brainray-smoke" in listed
     trials = triallog.read_trials(str(tmp_path / "results" / "live"))
-    assert len(trials) == len(load_spec(str(spec)).axes.trials())
+    assert len(trials) == len(load_spec(str(spec)).runs())
 
 
 @pytest.mark.slow
 def test_sweep_survives_losing_a_worker_node(cluster, tmp_path):
     spec_file = _smoke_spec(tmp_path, epochs=4)  # long enough to be caught mid-run
-    expected = load_spec(str(spec_file)).axes.trials()
+    expected = load_spec(str(spec_file)).runs()
 
     cmd = [sys.executable, str(REPO / "sweeps" / "scaling.py"), "--preset", str(spec_file),
            "--storage", str(tmp_path / "results"), "--address", cluster["address"], "--no-report"]

@@ -168,7 +168,7 @@ def test_actor_reuse_loses_no_trial_when_a_finished_trial_is_slow_to_end(tmp_pat
     finally:
         ray.shutdown()
     log = _rows(tmp_path / "reuse")
-    assert len(log) == len(spec.axes.trials()), log
+    assert len(log) == len(spec.runs()), log
     if tune_wait is None:
         assert (log["status"] == "TERMINATED").all(), log.loc[log["status"] != "TERMINATED", "error"].tolist()
     else:

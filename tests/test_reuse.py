@@ -55,11 +55,13 @@ def test_reuse_plan_forks_share_the_trunk_and_match_scratch_lengths():
 def test_spec_groups_data_sizes_into_one_run_per_model_config():
     spec = load_spec("demo", {"train.data_schedule": "reuse"})
     assert spec.train.lr_schedule == "wsd"
-    runs, trials = spec.runs(), spec.axes.trials()
+    runs, trials = [r for r in spec.runs() if not r.get("control")], spec.axes.trials()
     assert sum(len(r["branches"]) for r in runs) == len(trials)
-    by_width = {r["n_embd"]: r for r in runs if r["n_layer"] == 2 and r["n_head"] == 2 and r["dtype"] == "fp32"}
+    assert [r for r in spec.runs() if r.get("control")] == spec.axes.control_trials()  # controls: never trained
+    by_width = {r["n_embd"]: r for r in runs if r["n_layer"] == 2 and r["n_head"] == 2 and r["dtype"] == "fp32"
+                and r["seed"] == 0}
     assert by_width[48]["branches"] == [3000, 8000, 24000, 54000] and by_width[48]["data_frames"] == 54000
-    assert len(load_spec("demo").runs()) == len(trials)  # scratch: one run per trial
+    assert len(load_spec("demo").runs()) == len(trials) + len(spec.axes.control_trials())  # scratch: one per trial
 
 
 def test_bad_reuse_settings_are_listed_with_their_keys():
