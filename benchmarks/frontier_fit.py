@@ -2,7 +2,8 @@
 
 Targets (issue 8): one fit < 1 s, 1000 bootstraps < 60 s on 2 CPU cores. Also times the
 Chinchilla fixture fit (240 runs) and reports its parameters beside the Epoch AI
-replication's. Writes results/benchmarks/frontier_fit.json.
+replication's, and the compute-only law (``fit_compute_law``, Gokce & Schrimpf's form) on
+30 points, with and without 200 bootstrap re-fits. Writes results/benchmarks/frontier_fit.json.
 
     python benchmarks/frontier_fit.py [--n-boot 1000] [--out results/benchmarks/frontier_fit.json]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainray.frontier import fit_law
+from brainray.frontier import fit_compute_law, fit_law
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "chinchilla_runs.csv"
@@ -68,6 +69,21 @@ def main() -> None:
                               and t_boot * 1000 / args.n_boot < 60.0),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
+    }
+    C = np.geomspace(1e15, 1e21, 30)
+    yc = (0.45 + 20 * C ** -0.12) * np.exp(args.noise * rng.standard_normal(len(C)))
+    fit_compute_law(C, yc)  # warm-up
+    ctimes = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        cfit = fit_compute_law(C, yc)
+        ctimes.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    cboot = fit_compute_law(C, yc, bootstrap=200)
+    result["compute_law"] = {
+        "n_points": len(C), "truth": {"E": 0.45, "A": 20.0, "alpha": 0.12},
+        "one_fit_s_median": float(np.median(ctimes)), "bootstrap_200_s": time.perf_counter() - t0,
+        "fit": {"E": cfit.E, "A": cfit.A, "alpha": cfit.alpha}, "ci95": cboot.ci,
     }
     if FIXTURE.exists():
         df = pd.read_csv(FIXTURE).sort_values("loss").iloc[:-5]

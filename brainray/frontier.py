@@ -168,11 +168,12 @@ class LawFit:
 
     @property
     def at_bound(self) -> list[str]:
-        """Parameters the fit pushed to a bound of its search box: an exponent within 1 % of
-        (1e-4, 5), or a coefficient at exp(+-60) (in practice E, A or B = 0, or a term the
-        data cannot see). Such a law is not identified by the data."""
-        lo, hi = _EXP_BOUNDS
-        out = [k for k in ("alpha", "beta") if getattr(self, k) <= lo * 1.01 or getattr(self, k) >= hi * 0.99]
+        """Parameters the fit pushed to a bound of its search box: an exponent within 1 % of 5
+        or below the grid's smallest, 0.02 (a term that is flat over any sweep: N^-0.02 moves
+        by 17 % over 4 decades, and E absorbs it), or a coefficient at exp(+-60) (in practice
+        E, A or B = 0, or a term the data cannot see). Such a law is not identified."""
+        hi = _EXP_BOUNDS[1]
+        out = [k for k in ("alpha", "beta") if getattr(self, k) < _ALPHA_GRID[0] or getattr(self, k) >= hi * 0.99]
         for k in ("E", "A", "B"):
             v = getattr(self, k)
             if not v > 0 or abs(math.log(v)) >= _LOG_BOUND - 1:
@@ -181,8 +182,20 @@ class LawFit:
 
     @property
     def identified(self) -> bool:
-        """True when no parameter sits at a bound (:attr:`at_bound` is empty)."""
-        return not self.at_bound
+        """True when no parameter sits at a bound (:attr:`at_bound` is empty) and, with a
+        bootstrap, neither exponent's 95 % CI spans more than a factor of 10. A law that is
+        not identified is reported, never used for allocation."""
+        return not self.at_bound and not self.wide_exponents
+
+    @property
+    def wide_exponents(self) -> list[str]:
+        """The exponents whose bootstrap 95 % CI spans more than a factor of 10."""
+        out = []
+        for k in ("alpha", "beta"):
+            lo, hi = self.ci.get(k, (math.nan, math.nan))
+            if math.isfinite(lo) and math.isfinite(hi) and (lo <= 0 or hi / lo > 10):
+                out.append(k)
+        return out
 
     def law(self, N: Any, D: Any) -> np.ndarray:
         """Value of ``E + A / N**alpha + B / D**beta`` (loss, or gap for ceiling_gap).
@@ -313,7 +326,7 @@ class LawFit:
             "a": self.a, "b": self.b, "asymptote": self.asymptote,
             "objective": self.objective, "delta": self.delta, "n_used": self.n_used,
             "converged": self.converged, "fit_seconds": self.fit_seconds,
-            "at_bound": self.at_bound, "identified": self.identified,
+            "at_bound": self.at_bound, "wide_exponents": self.wide_exponents, "identified": self.identified,
             "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
             "ci_level": 0.95 if self.ci else None,
             "ci": {k: [lo, hi] for k, (lo, hi) in self.ci.items()},
@@ -703,8 +716,7 @@ class ComputeLaw:
     @property
     def at_bound(self) -> list[str]:
         """Parameters at a bound of the fit (see :attr:`LawFit.at_bound`)."""
-        lo, hi = _EXP_BOUNDS
-        out = ["alpha"] if self.alpha <= lo * 1.01 or self.alpha >= hi * 0.99 else []
+        out = ["alpha"] if self.alpha < _ALPHA_GRID[0] or self.alpha >= _EXP_BOUNDS[1] * 0.99 else []
         return out + [k for k in ("E", "A") if not getattr(self, k) > 0 or abs(math.log(getattr(self, k))) >= _LOG_BOUND - 1]
 
     @property
@@ -1530,8 +1542,14 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
     out["flops_per_param_token"] = k
     out["budgets"] = np.atleast_1d(np.asarray(budgets, dtype=float))
     tables = []
+    out["allocation_skipped"] = {}
     for metric, fit in out["fits"].items():
         if fit is None:
+            continue
+        if not fit.identified:  # a law the sweep does not pin allocates nothing
+            why = [f"{', '.join(fit.at_bound)} at a bound"] if fit.at_bound else []
+            why += [f"{', '.join(fit.wide_exponents)} 95 % CI spans more than 10x"] if fit.wide_exponents else []
+            out["allocation_skipped"][metric] = "not identified by this sweep: " + "; ".join(why)
             continue
         t = allocation_discrete(usable, out["budgets"], metric=metric, fit=fit)
         with warnings.catch_warnings():
@@ -1563,6 +1581,7 @@ def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
                                        "used only by the closed-form N_opt, D_opt"),
         "budgets": list(analysis["budgets"]),
         "allocation": analysis["allocation"].to_dict(orient="records"),
+        "allocation_skipped": analysis.get("allocation_skipped", {}),
         "fronts": analysis["fronts"],
         "effects": {m: e.to_dict(orient="records") for m, e in analysis["effects"].items()},
         "dtype": analysis["dtype"].to_dict(orient="records"),

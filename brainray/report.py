@@ -277,7 +277,8 @@ def _training_section(effect: pd.DataFrame, by_width: pd.DataFrame | None, out: 
                 "nothing here says how much of the brain score training buys.</p>")
     shown = effect.assign(
         separates=effect["separates"].map({True: "yes", False: "no"}),
-        gain_ci=[f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(effect["gain_ci_lo"], effect["gain_ci_hi"])],
+        gain_ci=[f"[{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "" for lo, hi in
+                 zip(effect["gain_ci_lo"].astype(float), effect["gain_ci_hi"].astype(float))],
     )[["score", "untrained", "trained", "gain", "gain_ci", "seed_sd", "n_seeds", "best", "best_gain", "margin",
        "separates"]]
     return (
@@ -636,10 +637,12 @@ def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
     boot = (f"95 % percentile bootstrap CIs from {fit.n_bootstrap} full re-fits "
             f"({fit.n_bootstrap_failed} failed)" if fit.n_bootstrap
             else "no bootstrap (CIs not computed)")
+    why = ([f"{', '.join(fit.at_bound)} sit at a bound of the fit"] if fit.at_bound else []) + (
+        [f"the 95 % CI of {', '.join(fit.wide_exponents)} spans more than 10x"] if fit.wide_exponents else [])
     flag = ("" if fit.identified else
-            f"<p class='warn'><b>Not identified by this sweep</b>: {html.escape(', '.join(fit.at_bound))} "
-            "sit at a bound of the fit, so the data do not pin this law; read it as a description "
-            "of these trials, not as a scaling law.</p>")
+            f"<p class='warn'><b>Not identified by this sweep</b>: {html.escape('; '.join(why))}, so the data "
+            "do not pin this law; read it as a description of these trials, not as a scaling law. It is not "
+            "used for allocation.</p>")
     return (f"<h3>{html.escape(name)}</h3>{flag}<p>{what}</p>"
             f"<div class='law'>{html.escape(fit.formula())}</div>"
             f"<p class='note'>N = non-embedding parameters, D = training tokens; "
@@ -707,9 +710,11 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
         + _compute_law_section(analysis.get("compute_laws", {}), analysis.get("compute_law_errors", {}))
 
     alloc = analysis["allocation"]
+    skipped = "".join(f"<p class='warn'>No allocation from the {html.escape(_LABELS.get(m, m))} law: "
+                      f"{html.escape(why)}.</p>" for m, why in analysis.get("allocation_skipped", {}).items())
     if alloc.empty:
-        alloc_html = ("<p class='warn'>No allocation table: no law was fitted (see "
-                      "above).</p>")
+        alloc_html = skipped or ("<p class='warn'>No allocation table: no law was fitted (see "
+                                 "above).</p>")
     else:
         alloc_html = (
             f"<p class='note'>Per budget C (training FLOPs). <b>N_opt, D_opt</b>: closed "
@@ -719,7 +724,7 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
             f"among the configs actually run whose true cost fits in C, the one with the "
             f"best predicted metric (<i>predicted</i>; <i>observed</i> is its seed mean). "
             f"<b>fill_*</b>: the architecture run that is best when its data is scaled "
-            f"to use all of C.</p>" + _table(alloc, scroll=True))
+            f"to use all of C.</p>" + skipped + _table(alloc, scroll=True))
 
     effects = "".join(f"<h3>{html.escape(_LABELS.get(m, m))}</h3>" + _table(e)
                       for m, e in analysis["effects"].items() if not e.empty) \

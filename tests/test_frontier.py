@@ -551,3 +551,14 @@ def test_compute_law_flags_and_errors():
         fit_compute_law(np.ones(5), np.arange(1, 6.0))
     with pytest.raises(ValueError, match="needs y > 0"):
         fit_compute_law(COMPUTE, -np.ones(len(COMPUTE)))
+
+
+def test_a_law_that_is_not_identified_allocates_nothing(trials):
+    """Brain scores that do not move with N or D pin no law: it is flagged, and only the loss law allocates."""
+    flat = trials.assign(brain_r_mean=0.4 + 1e-4 * np.random.default_rng(0).standard_normal(len(trials)))
+    result = analyze(flat, bootstrap=0, strict=False)
+    assert result["fits"]["val_loss"].identified
+    assert not result["fits"]["brain_r_mean"].identified
+    assert set(result["allocation"]["metric"]) == {"val_loss"}
+    assert "not identified by this sweep" in result["allocation_skipped"]["brain_r_mean"]
+    assert analysis_to_dict(result)["allocation_skipped"] == result["allocation_skipped"]
