@@ -153,7 +153,7 @@ def test_reuse_sweep_survives_a_killed_driver_with_one_row_per_data_size(tmp_pat
     raw = yaml.safe_load((PRESETS_DIR / "smoke.yaml").read_text())
     raw["name"] = "reuse"
     raw["train"].update(data_schedule="reuse", epochs=25)  # slow enough to be caught mid-trunk
-    raw["axes"] = {"design": "lines", "cross": False, "data_frames": [1200, 2400], "n_embd": [128], "n_layer": [4],
+    raw["axes"] = {"design": "lines", "cross": False, "controls": [], "data_frames": [1200, 2400], "n_embd": [128], "n_layer": [4],
                    "n_head": [1], "dtype": ["fp32"],
                    "reference": {"data_frames": 2400, "n_embd": 128, "n_layer": 4, "n_head": 1, "dtype": "fp32", "seed": 0}}
     spec_file = tmp_path / "reuse.yaml"

@@ -30,7 +30,10 @@ def test_relative_storage_is_refused_before_ray_starts():
 def test_dry_run_prints_the_trial_table():
     out = _scaling("--preset", "paper", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert "19 trials" in out.stdout and "GPU-hours" in out.stdout
+    spec = load_spec("paper")
+    assert len(spec.axes.trials()) == 19  # the paper's grid, plus an untrained control at the reference and per width
+    assert f"{len(spec.runs())} trials" in out.stdout and "GPU-hours" in out.stdout
+    assert out.stdout.count("untrained") == len(spec.axes.control_trials())
 
 
 @pytest.mark.slow
@@ -49,7 +52,7 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert (trials["train_flops"] == trials["flops_per_token"] * trials["tokens"]).all()
     # the untrained control: one per seed, at the reference, never fitted; every row has family scores
     controls = trials[trials["control"] == "untrained"]
-    assert len(controls) == len(load_spec("smoke").axes.seed) and (controls["train_flops"] == 0).all()
+    assert len(controls) == len(load_spec("smoke").axes.control_trials()) and (controls["train_flops"] == 0).all()
     assert (trials.loc[trials["control"] != "untrained", "control"] == "").all()
     for family in ("visual", "object", "relation", "anticipation", "none"):
         assert trials[f"brain_r_{family}"].notna().all(), family
