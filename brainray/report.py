@@ -234,7 +234,8 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
     families = score_families(df)
     if df.empty or not families:
         return "no per-family scores (a simulated brain logs brain_r_<family>)"
-    controls = analysis.get("controls", df.iloc[:0])
+    effect = analysis.get("training_effect")
+    control = {} if effect is None or effect.empty else effect.set_index("score")[["untrained", "untrained_sd"]].T.to_dict()
     ncols = min(4, len(families))
     nrows = -(-len(families) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.0 * nrows), squeeze=False,
@@ -249,12 +250,11 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
             on = np.zeros(len(df), dtype=bool)
             on[np.flatnonzero(ok)] = pareto_front(df["train_flops"][ok], y[ok], minimize=False)
             _front_line(ax, df["train_flops"].to_numpy(), y, on)
-        c = controls[col].to_numpy(float) if col in controls else np.array([])
-        c = c[np.isfinite(c)]
-        if len(c):
-            ax.axhline(c.mean(), color="0.3", ls="--", lw=1, label="untrained control")
-            if len(c) > 1:
-                ax.axhspan(c.mean() - c.std(ddof=1), c.mean() + c.std(ddof=1), color="0.5", alpha=0.15, lw=0)
+        if col in control:  # the untrained reference: its mean over seeds, +- 1 s.d.
+            mean, sd = control[col]["untrained"], control[col]["untrained_sd"]
+            ax.axhline(mean, color="0.3", ls="--", lw=1, label="untrained control (reference)")
+            if np.isfinite(sd):
+                ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15, lw=0)
         _log_axis(ax)
         ax.set_title(fam, fontsize=10)
         ax.set_xlabel("training FLOPs", fontsize=8)
