@@ -106,7 +106,7 @@ def measure(root: Path) -> dict:
     """Every criterion of the instrument, from a finished demo sweep under ``root``."""
     trials = triallog.read_trials(str(root))
     effect = frontier.training_effect(trials)
-    trained, _ = frontier._split_usable(trials)
+    trained = frontier.analyze(trials, bootstrap=0, strict=False)["usable"]  # finished, trained, no controls
     if effect.empty:
         raise ValueError(f"{root}: no untrained control rows; run the demo with axes.controls: [untrained].")
     mean = effect.set_index("score").loc["brain_r_mean"]
