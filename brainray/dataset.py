@@ -21,31 +21,34 @@ import numpy as np
 
 from brainray import simbrain, video
 
-__all__ = ["Dataset", "SubjectBold", "load_dataset", "MANIFEST", "FPS"]
+__all__ = [
+    "DAMAGED", "Dataset", "FPS", "MANIFEST", "SubjectBold", "describe_incomplete", "load_dataset", "missing_files",
+    "read_manifest", "reading", "why_unreadable",
+]
 
 MANIFEST = "dataset.json"
 FPS = 60.0  # Hz of the recorded gameplay
 
 # What reading a damaged (corrupt, truncated) file raises: numpy, zipfile (npz) and json
-_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
-def _why(err: BaseException) -> str:
+def why_unreadable(err: BaseException) -> str:
     """Type and first sentence of a read error (numpy's second one advises unpickling the file)."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.split('. ')[0]}" if text else type(err).__name__
 
 
 @contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def reading(path: Path) -> Iterator[None]:
     """Name ``path`` in the error of a damaged file of a prepared dataset, and say what to do."""
     try:
         yield
     except FileNotFoundError:
         raise  # names the file already
-    except _DAMAGED as err:
+    except DAMAGED as err:
         raise ValueError(
-            f"{path} cannot be read ({_why(err)}): it is corrupt or truncated. Delete it and rerun "
+            f"{path} cannot be read ({why_unreadable(err)}): it is corrupt or truncated. Delete it and rerun "
             "prepare, which rebuilds what is missing (or delete the dataset folder)."
         ) from err
 
@@ -85,7 +88,7 @@ class SubjectBold:
         path = Path(directory) / "bold.npz"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; prepare the dataset again.")
-        with _reading(path), np.load(path) as npz:
+        with reading(path), np.load(path) as npz:
             absent = [r for r in runs if r not in npz.files]
             if absent:
                 raise KeyError(f"{path} lacks runs {absent}; prepare the dataset again.")
@@ -109,7 +112,7 @@ class Dataset:
     def tokens(self, name: str) -> np.ndarray:
         """Codes of the clips of one replay: (n_clips, T', H', W') int16."""
         path = self.root / "tokens" / f"{name}.npy"
-        with _reading(path):
+        with reading(path):
             return np.load(path, mmap_mode="r")
 
     @property
@@ -126,7 +129,7 @@ class Dataset:
         if subject not in self.manifest["subjects"]:
             raise KeyError(f"Unknown subject {subject!r}; this dataset has {self.manifest['subjects']}.")
         if self.manifest.get("source", "simulated") == "simulated":
-            with _reading(self.root / "brain" / subject):
+            with reading(self.root / "brain" / subject):
                 return simbrain.SubjectData.load(self.root / "brain" / subject)
         runs = [self.manifest["runs"][k]["run"] for k in self.run_indices(subject)]
         return SubjectBold.load(self.root / "brain" / subject, subject, runs)
@@ -161,21 +164,21 @@ def load_dataset(root: str | Path) -> Dataset:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the prepare stage has not finished for {root}.")
     try:
-        manifest = _read_manifest(path)
-    except (*_DAMAGED, LookupError, TypeError) as err:
+        manifest = read_manifest(path)
+    except (*DAMAGED, LookupError, TypeError) as err:
         raise ValueError(
-            f"{path} cannot be read ({_why(err)}): the cached dataset {root} is damaged. Rerun prepare, "
+            f"{path} cannot be read ({why_unreadable(err)}): the cached dataset {root} is damaged. Rerun prepare, "
             "which rebuilds it, or delete the folder."
         ) from err
-    missing = _missing(root, manifest)
+    missing = missing_files(root, manifest)
     if missing:
         raise FileNotFoundError(
-            _incomplete(root, missing) + "\nRerun prepare on it, which rebuilds what is missing, or delete the folder."
+            describe_incomplete(root, missing) + "\nRerun prepare on it, which rebuilds what is missing, or delete the folder."
         )
     return Dataset(root, manifest)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest at ``path``; raises (json, OS or lookup errors) if it is damaged."""
     manifest = json.loads(path.read_text())
     _promised(manifest)  # the keys that completeness needs are there
@@ -196,11 +199,13 @@ def _promised(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
-def _missing(root: Path, manifest: dict[str, Any]) -> list[str]:
+def missing_files(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """The files the manifest promises that are not there (paths relative to ``root``)."""
     return [p for p in _promised(manifest) if not (root / p).is_file()]
 
 
-def _incomplete(root: Path, missing: list[str]) -> str:
+def describe_incomplete(root: Path, missing: list[str]) -> str:
+    """One message naming the dataset and (up to 10 of) its missing files."""
     more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
     return (
         f"The cached dataset {root} is incomplete: {len(missing)} file(s) that its {MANIFEST} lists "

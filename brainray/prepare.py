@@ -57,7 +57,8 @@ import numpy as np
 from brainray import fmri, gameplay, gamestate, simbrain, video, vqvae
 from brainray.config import DataSpec, SpecError, SweepSpec, TokenizerSpec
 from brainray.dataset import (
-    _DAMAGED, FPS, MANIFEST, Dataset, SubjectBold, _incomplete, _missing, _read_manifest, _reading, _why, load_dataset,
+    DAMAGED, FPS, MANIFEST, Dataset, SubjectBold, describe_incomplete, load_dataset, missing_files, read_manifest,
+    reading, why_unreadable,
 )
 
 __all__ = ["Dataset", "SubjectBold", "prepare", "load_dataset", "run_stimulus", "MANIFEST", "REPLAY_ORDER", "FPS"]
@@ -72,20 +73,20 @@ def _cached(root: Path, log: Log) -> Dataset | None:
     the reason logged) if it must be built again."""
     path = root / MANIFEST
     try:
-        manifest = _read_manifest(path)
-    except (*_DAMAGED, LookupError, TypeError) as err:
-        log(f"[prepare] the cached dataset {root} is damaged: {path} cannot be read ({_why(err)}); rebuilding it")
+        manifest = read_manifest(path)
+    except (*DAMAGED, LookupError, TypeError) as err:
+        log(f"[prepare] the cached dataset {root} is damaged: {path} cannot be read ({why_unreadable(err)}); rebuilding it")
         return None
-    missing = _missing(root, manifest)
+    missing = missing_files(root, manifest)
     if not missing:
         log(f"[prepare] cached dataset {root}")
         return Dataset(root, manifest)
     tokens = [p.removeprefix("tokens/").removesuffix(".npy") for p in missing if p.startswith("tokens/")]
     if len(tokens) == len(missing) and all((root / "frames" / f"{name}.u8").is_file() for name in tokens):
-        log(f"[prepare] {_incomplete(root, missing)}\n[prepare] tokenizing them again with its vqvae.pt")
+        log(f"[prepare] {describe_incomplete(root, missing)}\n[prepare] tokenizing them again with its vqvae.pt")
         _retokenize(root, manifest["tokenizer"], tokens)
         return load_dataset(root)
-    log(f"[prepare] {_incomplete(root, missing)}\n[prepare] rebuilding it")
+    log(f"[prepare] {describe_incomplete(root, missing)}\n[prepare] rebuilding it")
     return None
 
 
@@ -432,7 +433,7 @@ def run_stimulus(root: Path, run: dict[str, Any], n_vols: int, tr: float) -> sim
     frames, actions, rewards, states = [], [], [], []
     for seg in run["segments"]:
         path = root / "actions" / f"{seg['replay']}.npz"
-        with _reading(path):
+        with reading(path):
             act = dict(np.load(path))
         frames.append(np.asarray(store.open(seg["replay"])[: seg["n_frames"]]))
         actions.append(act["actions"][: seg["n_frames"]])
