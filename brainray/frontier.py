@@ -49,6 +49,7 @@ __all__ = [
     "config_frontier",
     "axis_effects",
     "control_rows",
+    "is_control",
     "dtype_comparison",
     "score_families",
     "training_by_width",
@@ -172,13 +173,7 @@ class LawFit:
         or below the grid's smallest, 0.02 (a term that is flat over any sweep: N^-0.02 moves
         by 17 % over 4 decades, and E absorbs it), or a coefficient at exp(+-60) (in practice
         E, A or B = 0, or a term the data cannot see). Such a law is not identified."""
-        hi = _EXP_BOUNDS[1]
-        out = [k for k in ("alpha", "beta") if getattr(self, k) < _ALPHA_GRID[0] or getattr(self, k) >= hi * 0.99]
-        for k in ("E", "A", "B"):
-            v = getattr(self, k)
-            if not v > 0 or abs(math.log(v)) >= _LOG_BOUND - 1:
-                out.append(k)
-        return out
+        return _at_bound(self, ("alpha", "beta"), ("E", "A", "B"))
 
     @property
     def identified(self) -> bool:
@@ -190,12 +185,7 @@ class LawFit:
     @property
     def wide_exponents(self) -> list[str]:
         """The exponents whose bootstrap 95 % CI spans more than a factor of 10."""
-        out = []
-        for k in ("alpha", "beta"):
-            lo, hi = self.ci.get(k, (math.nan, math.nan))
-            if math.isfinite(lo) and math.isfinite(hi) and (lo <= 0 or hi / lo > 10):
-                out.append(k)
-        return out
+        return _wide(self.ci, ("alpha", "beta"))
 
     def law(self, N: Any, D: Any) -> np.ndarray:
         """Value of ``E + A / N**alpha + B / D**beta`` (loss, or gap for ceiling_gap).
@@ -716,15 +706,12 @@ class ComputeLaw:
     @property
     def at_bound(self) -> list[str]:
         """Parameters at a bound of the fit (see :attr:`LawFit.at_bound`)."""
-        out = ["alpha"] if self.alpha < _ALPHA_GRID[0] or self.alpha >= _EXP_BOUNDS[1] * 0.99 else []
-        return out + [k for k in ("E", "A") if not getattr(self, k) > 0 or abs(math.log(getattr(self, k))) >= _LOG_BOUND - 1]
+        return _at_bound(self, ("alpha",), ("E", "A"))
 
     @property
     def identified(self) -> bool:
         """No parameter at a bound, and (with a bootstrap) alpha's 95 % CI within a factor of 10."""
-        lo, hi = self.ci.get("alpha", (math.nan, math.nan))
-        wide = lo > 0 and hi / lo > 10 if math.isfinite(lo) and math.isfinite(hi) else False
-        return not self.at_bound and not wide and not (math.isfinite(lo) and lo <= 0)
+        return not self.at_bound and not _wide(self.ci, ("alpha",))
 
     def predict(self, C: Any) -> np.ndarray:
         """The metric at compute C: the loss (power) or the score (ceiling_gap)."""
@@ -740,6 +727,23 @@ class ComputeLaw:
             "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
             "objective": self.objective, "delta": self.delta,
         })
+
+
+def _at_bound(fit: Any, exponents: tuple[str, ...], coefficients: tuple[str, ...]) -> list[str]:
+    """The parameters of ``fit`` at a bound of the search box (see :attr:`LawFit.at_bound`)."""
+    out = [k for k in exponents if getattr(fit, k) < _ALPHA_GRID[0] or getattr(fit, k) >= _EXP_BOUNDS[1] * 0.99]
+    return out + [k for k in coefficients
+                  if not getattr(fit, k) > 0 or abs(math.log(getattr(fit, k))) >= _LOG_BOUND - 1]
+
+
+def _wide(ci: dict[str, tuple[float, float]], exponents: tuple[str, ...]) -> list[str]:
+    """The exponents whose 95 % CI spans more than a factor of 10 (or reaches 0)."""
+    out = []
+    for k in exponents:
+        lo, hi = ci.get(k, (math.nan, math.nan))
+        if math.isfinite(lo) and math.isfinite(hi) and (lo <= 0 or hi / lo > 10):
+            out.append(k)
+    return out
 
 
 def fit_compute_law(C: Any, y: Any, form: str = "power", ceiling: float | None = None, delta: float = 1e-3,
@@ -1377,12 +1381,16 @@ def dtype_comparison(trials_df: pd.DataFrame, baseline: str = "fp32") -> pd.Data
 # ---------------------------------------------------------------------------------------
 
 
+def is_control(df: pd.DataFrame) -> pd.Series:
+    """Mask of the control rows of a trial table (``control`` non-empty; trained rows have "")."""
+    if "control" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["control"].map(lambda c: isinstance(c, str) and bool(c))
+
+
 def control_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The finished control trials (``control`` non-empty, TERMINATED) of a trial table."""
-    if "control" not in df.columns:
-        return df.iloc[:0]
-    is_control = df["control"].map(lambda c: isinstance(c, str) and bool(c))
-    return df[is_control & (df["status"] == "TERMINATED")].reset_index(drop=True)
+    return df[is_control(df) & (df["status"] == "TERMINATED")].reset_index(drop=True)
 
 
 def _split_usable(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -101,8 +101,9 @@ def _table(df: pd.DataFrame, index: bool = False) -> str:
 
 def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:
     """Best finished trial per decade of training FLOPs, by val loss and by brain score."""
-    trained = trials["control"].fillna("").eq("") if "control" in trials else True  # controls never count
-    ok = trials[(trials["status"] == "TERMINATED") & trials["train_flops"].gt(0) & trained].copy()
+    from brainray.frontier import is_control
+
+    ok = trials[(trials["status"] == "TERMINATED") & trials["train_flops"].gt(0) & ~is_control(trials)].copy()
     if ok.empty:
         return pd.DataFrame()
     ok["budget"] = 10 ** np.floor(np.log10(ok["train_flops"]))
