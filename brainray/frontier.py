@@ -15,7 +15,12 @@ as seeds). Warm-started resamples under-cover badly (reference notes, scaling-la
 
 Brain scores are bounded by a noise ceiling c, so they are fitted as the gap to the
 ceiling, ``e = 1 - r / c = E + A / N**alpha + B / D**beta`` (``form="ceiling_gap"``).
-The compute-optimal allocation has the same closed form for both forms.
+The compute-optimal allocation has the same closed form for both forms. The exponents, and
+so the allocation, depend on c: only on noiseless data does a change of c just rescale
+E, A and B. On real scores the log residuals ``log e_pred - log e`` weight each trial by
+its gap, which c changes (letting the fit estimate the ceiling moved beta from 0.222 to
+0.251 on a real alignment data set), so :func:`ceiling_sensitivity` refits with the other
+ceiling and the report shows both where they differ.
 
 References: scaling-laws.md (reference notes) §0-§7; DESIGN.md "Frontier analysis".
 """
@@ -56,6 +61,11 @@ __all__ = [
     "training_effect",
     "analyze",
     "analysis_to_dict",
+    "axis_contrasts",
+    "backtest",
+    "ceiling_sensitivity",
+    "findings",
+    "seed_noise",
     "simulate_trials",
     "FORMS",
     "TwoStageFit",
@@ -223,6 +233,16 @@ class LawFit:
             return c * (1.0 - value)
         return value
 
+    def predict_interval(self, N: Any, D: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile band of :meth:`predict` over the bootstrap re-fits (NaN without them).
+
+        The band is the law's own uncertainty (its parameters); it leaves out the noise of
+        a single trial around the law (seed noise).
+        """
+        rows = [] if self.boot is None else [LawFit(*row, form=self.form, ceiling=self.ceiling).predict(N, D)
+                                             for row in self.boot]
+        return _band(rows, np.broadcast(np.asarray(N, float), np.asarray(D, float)).shape, level)
+
     def allocation(self, C: Any, flops_per_param_token: float = 6.0
                    ) -> tuple[np.ndarray, np.ndarray]:
         """Compute-optimal (N, D) under ``C = k * N * D`` (closed form).
@@ -325,8 +345,8 @@ class LawFit:
             out.update(ceiling=self.ceiling, ceiling_estimated=self.ceiling_estimated,
                        ceiling_note=("estimated as 1.05 * max(max r, fitted asymptote "
                                      "of r): the scores alone do not identify the "
-                                     "ceiling; exponents and allocation do not depend "
-                                     "on it, E, A and B do"
+                                     "ceiling, and on noisy scores the exponents and "
+                                     "the allocation move with it (ceiling_sensitivity)"
                                      if self.ceiling_estimated else "given"),
                        n_clipped=self.n_clipped)
         return _jsonable(out)
@@ -500,8 +520,10 @@ def _estimate_ceiling(N: np.ndarray, D: np.ndarray, r: np.ndarray, delta: float)
     """1.05 x the larger of max(r) and the fitted asymptote of r.
 
     The scores alone do not identify the ceiling c: for any c >= s_inf (the asymptote of
-    r = s_inf - A' N^-alpha - B' D^-beta) the gap law is exact with the same exponents.
-    But 1.05 max(r) alone can sit below s_inf when the sweep is far from saturation, and
+    r = s_inf - A' N^-alpha - B' D^-beta) the gap law is exact with the same exponents on
+    noiseless scores. On noisy scores the fitted exponents move with c (the log residuals
+    weight trials by their gap), so the choice is a convention, not a fact of the data:
+    :func:`ceiling_sensitivity` shows how much it matters. 1.05 max(r) alone can sit below s_inf when the sweep is far from saturation, and
     the gap law would then need E < 0. So s_inf is fitted first, as the Chinchilla law of
     K - r with K = max(2, 3 max|r|) (so that K - s_inf = E >= 0), and the ceiling is set
     5 % above the larger of the two; Pearson r cannot exceed 1, so it is capped there.
@@ -567,8 +589,9 @@ def fit_law(N: Any, D: Any, y: Any, form: str = "chinchilla", delta: float = 1e-
     ceiling : float or array_like of shape (n_trials,), optional
         Noise ceiling for ``ceiling_gap``. If None it is estimated as 1.05 x the larger
         of max(r) and the fitted asymptote of r, and the fit says so
-        (``ceiling_estimated``); exponents and allocation do not depend on it. Scores at or above the ceiling get
-        a gap of 1e-4 and are counted in ``n_clipped``.
+        (``ceiling_estimated``). The exponents and the allocation depend on the ceiling
+        (see :func:`ceiling_sensitivity`), so pass the noise ceiling when it is known.
+        Scores at or above the ceiling get a gap of 1e-4 and are counted in ``n_clipped``.
     groups : array_like of shape (n_trials,), optional
         Cluster labels (e.g. seeds) for the bootstrap: whole groups are resampled.
 
@@ -697,6 +720,7 @@ class ComputeLaw:
     n_bootstrap_failed: int = 0
     objective: float = math.nan
     delta: float = 1e-3
+    boot: np.ndarray | None = field(default=None, repr=False)  # (n_ok, 3): E, A, alpha per resample
 
     @property
     def asymptote(self) -> float:
@@ -718,6 +742,12 @@ class ComputeLaw:
         value = self.E + self.A * np.asarray(C, dtype=float) ** -self.alpha
         return self.ceiling * (1.0 - value) if self.form == "ceiling_gap" else value
 
+    def predict_interval(self, C: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile band of :meth:`predict` over the bootstrap re-fits (NaN without them)."""
+        rows = [] if self.boot is None else [ComputeLaw(*row, form=self.form, ceiling=self.ceiling).predict(C)
+                                             for row in self.boot]
+        return _band(rows, np.shape(np.asarray(C, float)), level)
+
     def to_dict(self) -> dict[str, Any]:
         law = "1 - y/ceiling = E + A*C^-alpha" if self.form == "ceiling_gap" else "y = E + A*C^-alpha"
         return _jsonable({
@@ -727,6 +757,15 @@ class ComputeLaw:
             "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
             "objective": self.objective, "delta": self.delta,
         })
+
+
+def _band(curves: list[np.ndarray], shape: tuple[int, ...], level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile band of bootstrap predictions; NaN with fewer than 2 of them."""
+    if len(curves) < 2:
+        return np.full(shape, np.nan), np.full(shape, np.nan)
+    q = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(np.array(curves), [q, 100 - q], axis=0)
+    return lo, hi
 
 
 def _at_bound(fit: Any, exponents: tuple[str, ...], coefficients: tuple[str, ...]) -> list[str]:
@@ -806,7 +845,7 @@ def fit_compute_law(C: Any, y: Any, form: str = "power", ceiling: float | None =
                 boot.append(_fit_power(C[idx], target[idx], delta)[0])
             fit.n_bootstrap, fit.n_bootstrap_failed = bootstrap, failed
             if len(boot) >= 2:
-                b = np.array(boot)
+                b = fit.boot = np.array(boot)
                 cols = {"E": b[:, 0], "A": b[:, 1], "alpha": b[:, 2]}
                 cols["asymptote"] = c * (1 - b[:, 0]) if form == "ceiling_gap" else b[:, 0]
                 fit.ci = {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in cols.items()}
@@ -1252,7 +1291,7 @@ def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
     usable, _ = _split_usable(trials_df)
     if controls.empty or usable.empty:
         return pd.DataFrame(columns=cols)
-    keys = _config_keys(controls)
+    keys = _control_keys(controls)
     ref = controls.groupby(keys).size().idxmax()  # the reference: the control config with the most seeds
     ref = dict(zip(keys, ref if isinstance(ref, tuple) else (ref,)))
     controls = controls[_same(controls, ref)]
@@ -1279,7 +1318,8 @@ def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _config_keys(df: pd.DataFrame) -> list[str]:
+def _control_keys(df: pd.DataFrame) -> list[str]:
+    """The axes that match a control with its trained twin (a control has no data schedule)."""
     return [a for a in ("data_frames", "n_embd", "n_layer", "n_head", "dtype") if a in df.columns]
 
 
@@ -1298,7 +1338,7 @@ def training_by_width(trials_df: pd.DataFrame, score: str = "brain_r_mean") -> p
     usable, _ = _split_usable(trials_df)
     if controls.empty or usable.empty or score not in controls:
         return pd.DataFrame(columns=cols)
-    keys = _config_keys(controls)
+    keys = _control_keys(controls)
     rows = []
     for config, group in controls.groupby(keys):
         config = dict(zip(keys, config if isinstance(config, tuple) else (config,)))
@@ -1374,6 +1414,338 @@ def dtype_comparison(trials_df: pd.DataFrame, baseline: str = "fp32") -> pd.Data
                    paper_score_diff=round(PAPER_DTYPE["score_diff"], 6))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------------------------------
+# Honest findings: seed noise, ceiling sensitivity, backtest
+# ---------------------------------------------------------------------------------------
+
+_DIFFERS = 0.02  # relative change of an exponent (or the asymptote) that the report calls a difference
+BACKTEST_WIDTH = 0.3  # decades of training FLOPs below the largest run that count as "the largest budget"
+
+
+def seed_noise(trials_df: pd.DataFrame, metric: str) -> tuple[float, int]:
+    """Pooled standard deviation of ``metric`` over seeds, and its degrees of freedom.
+
+    Rows are grouped by config (the axes, not the seed); every group with two or more
+    finite values adds ``n - 1`` degrees of freedom. ``(nan, 0)`` when no config was run
+    at more than one seed: the noise of every effect is then unknown.
+    """
+    keys = _config_keys(trials_df)
+    if not keys or metric not in trials_df.columns:
+        return math.nan, 0
+    ss, dof = 0.0, 0
+    for _, g in trials_df.groupby(keys, dropna=False):
+        v = g[metric].to_numpy(float)
+        v = v[np.isfinite(v)]
+        if len(v) >= 2:
+            ss += float(((v - v.mean()) ** 2).sum())
+            dof += len(v) - 1
+    return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
+
+
+def _noise_ci(diff: float, se: float, dof: int, level: float = 0.95) -> tuple[float, float]:
+    if not (math.isfinite(se) and dof > 0):
+        return math.nan, math.nan
+    h = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return diff - h, diff + h
+
+
+def axis_contrasts(trials_df: pd.DataFrame, metric: str, axes: Sequence[str] = AXES) -> pd.DataFrame:
+    """Effect of each axis from its smallest to its largest value, against seed noise.
+
+    The means come from :func:`axis_effects` (other axes at the reference). The interval of
+    the difference uses the pooled seed noise (:func:`seed_noise`):
+    ``se = sd_seed * sqrt(1 / n_lo + 1 / n_hi)`` with its t quantile; without seeds it is
+    NaN and ``verdict`` says the noise is unknown. ``verdict`` is ``"within seed noise"``
+    when the 95 % interval holds 0, else ``"up"`` or ``"down"``.
+
+    Returns
+    -------
+    DataFrame with columns ``axis, lo_value, hi_value, n_lo, n_hi, diff, ci_lo, ci_hi,
+    seed_sd, seed_dof, verdict, held``; dtype is left to :func:`dtype_comparison`.
+    """
+    cols = ["axis", "lo_value", "hi_value", "n_lo", "n_hi", "diff", "ci_lo", "ci_hi", "seed_sd", "seed_dof",
+            "verdict", "held"]
+    if metric not in trials_df.columns or trials_df.empty:
+        return pd.DataFrame(columns=cols)
+    sd, dof = seed_noise(trials_df, metric)
+    effects = axis_effects(trials_df, metric, axes=[a for a in axes if a != "dtype"])
+    rows = []
+    for ax, e in effects.groupby("axis", sort=False):
+        e = e[np.isfinite(e["mean"].to_numpy(float))]
+        if len(e) < 2:
+            continue
+        lo, hi = e.iloc[0], e.iloc[-1]
+        diff = float(hi["mean"] - lo["mean"])
+        ci = _noise_ci(diff, sd * math.sqrt(1 / lo["n"] + 1 / hi["n"]), dof)
+        verdict = ("noise unknown" if not math.isfinite(ci[0]) else "within seed noise" if ci[0] <= 0 <= ci[1]
+                   else "up" if diff > 0 else "down")
+        rows.append(dict(axis=ax, lo_value=lo["value"], hi_value=hi["value"], n_lo=int(lo["n"]), n_hi=int(hi["n"]),
+                         diff=diff, ci_lo=ci[0], ci_hi=ci[1], seed_sd=sd, seed_dof=dof, verdict=verdict,
+                         held=lo["held"]))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def ceiling_sensitivity(usable: pd.DataFrame, fit: LawFit) -> dict[str, Any]:
+    """The brain law refitted with the other ceiling: does the answer move with it?
+
+    With a known noise ceiling the other fit estimates it (``ceiling=None``); with an
+    estimated ceiling the other fit takes c = 1, the bound of Pearson r. No bootstrap.
+
+    Returns
+    -------
+    dict with ``used`` and ``other`` (labels), ``ceilings`` (the two values), ``table``
+    (DataFrame ``parameter, used, other, rel_diff`` for alpha, beta, a, b and the
+    asymptote), ``differs`` (an exponent or the asymptote moves by more than 2 %),
+    ``other_identified`` and ``other_fit`` (the :class:`LawFit`).
+    """
+    if fit.form != "ceiling_gap":
+        raise ValueError(f"ceiling_sensitivity: the fit must be form='ceiling_gap'; got {fit.form!r}.")
+    used, other = ("fitted ceiling", "ceiling 1") if fit.ceiling_estimated else ("given ceiling", "fitted ceiling")
+    N, D = usable["params_nonembed"].to_numpy(float), usable["tokens"].to_numpy(float)
+    alt = fit_law(N, D, usable["brain_r_mean"].to_numpy(float), form="ceiling_gap", delta=fit.delta,
+                  ceiling=1.0 if fit.ceiling_estimated else None)
+    rows = []
+    for p in ("alpha", "beta", "a", "b", "asymptote"):
+        a, b = float(getattr(fit, p)), float(getattr(alt, p))
+        rows.append(dict(parameter=p, used=a, other=b, rel_diff=(b - a) / abs(a) if a else math.nan))
+    table = pd.DataFrame(rows)
+    moved = table["rel_diff"].abs().to_numpy(float)
+    return dict(used=used, other=other, ceilings=(fit.ceiling, alt.ceiling), table=table,
+                differs=bool(np.any(~np.isfinite(moved) | (moved > _DIFFERS))), other_identified=alt.identified,
+                other_fit=alt)
+
+
+def backtest(usable: pd.DataFrame, bootstrap: int = 100, seed: int = 0, level: float = 0.95,
+             width: float = BACKTEST_WIDTH) -> dict[str, Any]:
+    """Fit the laws without the largest budget's trials, then predict those trials.
+
+    The held-out trials are those within ``width`` decades of the largest training FLOPs.
+    On the rest the N, D law of ``val_loss`` and ``brain_r_mean`` is fitted (as in
+    :func:`analyze`, with ``bootstrap`` re-fits) and so is each metric's compute law on its
+    Pareto front against training FLOPs. Each held-out trial is then predicted; the
+    interval is the law's bootstrap band, widened in quadrature by the noise of a single
+    trial, ``1.96 sd``: ``sd`` is the seed noise (:func:`seed_noise`), or without seeds the
+    residual scatter of the fitted trials about the N, D law. The compute law predicts the
+    frontier, so it is checked on the best held-out trial only.
+
+    Returns
+    -------
+    dict with ``held`` (trial ids), ``n_fit``, ``cut`` (the FLOPs above which trials were
+    held out), ``table`` (DataFrame, one row per law and held-out trial: ``law, metric,
+    trial_id, train_flops, observed, predicted, lo, hi, error, rel_error, inside,
+    interval``) and ``errors`` (law -> why it was not backtested). When the sweep is too
+    small, ``error`` says why and the table is empty.
+    """
+    cols = ["law", "metric", "trial_id", "train_flops", "observed", "predicted", "lo", "hi", "error",
+            "rel_error", "inside", "interval"]
+    out: dict[str, Any] = dict(held=[], n_fit=0, cut=math.nan, table=pd.DataFrame(columns=cols), errors={},
+                               error=None)
+    if usable.empty:
+        out["error"] = "no usable trials"
+        return out
+    logc = np.log10(usable["train_flops"].to_numpy(float))
+    out["cut"] = cut = float(10 ** (logc.max() - width))
+    held_mask = logc > logc.max() - width
+    fit_df, held = usable[~held_mask], usable[held_mask]
+    out["held"], out["n_fit"] = held["trial_id"].tolist(), len(fit_df)
+    try:
+        _check_fit_axes(fit_df)
+    except ValueError as err:
+        out["error"] = (f"without the {len(held)} trial(s) of the largest budget (train_flops > {cut:.3g}) "
+                        f"{str(err).removeprefix('analyze: ')}")
+        return out
+    rows = []
+    for metric in ("val_loss", "brain_r_mean"):
+        try:
+            fit = _metric_fit(fit_df, metric, bootstrap=bootstrap, seed=seed)
+        except ValueError as err:
+            out["errors"][f"{metric} (N, D law)"] = str(err)
+            continue
+        sd, _ = seed_noise(usable, metric)
+        how = "law band + seed noise"
+        if not math.isfinite(sd):  # no seeds: the scatter of the fitted trials about the law stands in
+            resid = fit_df[metric].to_numpy(float) - fit.predict(fit_df["params_nonembed"], fit_df["tokens"])
+            sd = float(np.sqrt((resid ** 2).sum() / max(1, len(resid) - len(_PARAMS))))
+            how = "law band + residual scatter (no seeds)"
+        noise = 1.96 * sd
+        N, D = held["params_nonembed"].to_numpy(float), held["tokens"].to_numpy(float)
+        pred, (lo, hi) = fit.predict(N, D), fit.predict_interval(N, D, level)
+        rows += _backtest_rows("N, D law", metric, held, pred, lo, hi, noise, how)
+        front = fit_df[pareto_front(fit_df["train_flops"], fit_df[metric], minimize=not _MAXIMIZE[metric])]
+        best = held.loc[[held[metric].idxmax() if _MAXIMIZE[metric] else held[metric].idxmin()]]
+        laws, why = compute_laws(fit_df, {"front": dict(metric=metric, cost="train_flops",
+                                                        trial_ids=front["trial_id"].tolist())},
+                                 bootstrap=bootstrap, seed=seed)
+        if "front" not in laws:
+            out["errors"][f"{metric} (compute law)"] = why["front"] + " (without the largest budget)"
+            continue
+        law = laws["front"]
+        C = best["train_flops"].to_numpy(float)
+        rows += _backtest_rows("compute law (FLOPs)", metric, best, law.predict(C), *law.predict_interval(C, level),
+                               noise, how)
+    out["table"] = pd.DataFrame(rows, columns=cols)
+    return out
+
+
+def _backtest_rows(law: str, metric: str, held: pd.DataFrame, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   noise: float, how: str) -> list[dict[str, Any]]:
+    obs = held[metric].to_numpy(float)
+    lo = pred - np.hypot(pred - lo, noise)  # the band's half-widths, each widened by one trial's noise
+    hi = pred + np.hypot(hi - pred, noise)
+    return [dict(law=law, metric=metric, trial_id=t, train_flops=c, observed=o, predicted=p, lo=a, hi=b,
+                 error=p - o, rel_error=(p - o) / abs(o) if o else math.nan,
+                 inside=bool(a <= o <= b) if np.isfinite(a) else None, interval=how)
+            for t, c, o, p, a, b in zip(held["trial_id"], held["train_flops"], obs, pred, lo, hi)]
+
+
+_AXIS_NAMES = {"n_embd": "width", "n_layer": "depth", "n_head": "heads", "data_frames": "data (frames)"}
+
+
+def _pm(x: float, digits: int = 3) -> str:
+    """Signed, with one more digit when the value would round to zero."""
+    return f"{x:+.{digits + 1 if abs(x) < 0.5 * 10 ** -digits else digits}f}"
+
+
+def _with_ci(x: float, lo: float, hi: float, unit: str = "", digits: int = 3) -> str:
+    ci = f" [{_pm(lo, digits)}, {_pm(hi, digits)}]" if math.isfinite(lo) else ""
+    return f"{_pm(x, digits)}{unit}{ci}"
+
+
+def _short_value(v: Any) -> str:
+    """An axis value for a label: 10000 -> 10K, 6000000 -> 6M, 55063 -> 55.1K."""
+    if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+        v = int(v)
+        for div, suf in ((1_000_000, "M"), (1_000, "K")):
+            if v >= div and v % div == 0:
+                return f"{v // div}{suf}"
+            if v >= 10 * div:
+                return f"{v / div:.3g}{suf}"
+    return str(v)
+
+
+def findings(analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plain sentences on what a sweep found, each with its number and 95 % CI.
+
+    Every effect is stated against seed noise (:func:`seed_noise`); where no config was run
+    at more than one seed, the sentence says that the noise is unknown. In order: seed
+    noise, what training adds (:func:`training_effect`), each axis from its smallest to its
+    largest value (:func:`axis_contrasts`, brain score and loss), data against width, the
+    dtype speed ratio and score difference, the laws the sweep does not identify, the
+    backtest and the ceiling sensitivity.
+
+    Returns
+    -------
+    list of dict with ``topic`` and ``text`` (and the numbers: ``value, ci_lo, ci_hi``
+    where there is one).
+    """
+    out: list[dict[str, Any]] = []
+
+    def say(topic: str, text: str, value: float = math.nan, lo: float = math.nan, hi: float = math.nan) -> None:
+        out.append(dict(topic=topic, text=text, value=value, ci_lo=lo, ci_hi=hi))
+
+    usable = analysis["usable"]
+    if usable.empty:
+        say("trials", "No usable trial: nothing to report yet.")
+        return out
+    sd, dof = seed_noise(usable, "brain_r_mean")
+    if dof:
+        say("seed noise", f"Seed noise: the brain score varies by {sd:.4f} r (s.d.) between seeds of the same "
+                          f"config ({dof} degree(s) of freedom); every interval below uses it.", sd)
+    else:
+        say("seed noise", "No config was run at more than one seed, so the noise of every effect below is unknown "
+                          "(add seeds at the reference: axes.seeds).")
+
+    effect = analysis.get("training_effect")
+    if effect is not None and not effect.empty:
+        e = effect.iloc[0]
+        verdict = ("" if not math.isfinite(e["gain_ci_lo"]) else ", within seed noise"
+                   if e["gain_ci_lo"] <= 0 <= e["gain_ci_hi"] else "")
+        noise = "" if math.isfinite(e["gain_ci_lo"]) else " (fewer than 2 seeds on a side: noise unknown)"
+        say("training", f"Training adds {_with_ci(e['gain'], e['gain_ci_lo'], e['gain_ci_hi'], ' r')} to the mean "
+                        f"brain score at the reference (untrained {e['untrained']:.3f} → trained {e['trained']:.3f}, "
+                        f"{int(e['n_seeds'])} seed(s)){verdict}{noise}; the best trial adds {_pm(e['best_gain'])} r.",
+            e["gain"], e["gain_ci_lo"], e["gain_ci_hi"])
+        fam = effect.iloc[1:].dropna(subset=["gain"])
+        if len(fam):
+            top = fam.loc[fam["gain"].idxmax()]
+            say("training", f"Its largest gain is in the {top['score'].removeprefix('brain_r_')} parcels: "
+                            f"{_with_ci(top['gain'], top['gain_ci_lo'], top['gain_ci_hi'], ' r')}.",
+                top["gain"], top["gain_ci_lo"], top["gain_ci_hi"])
+    else:
+        say("training", "No untrained control, so what training adds is not measured (axes.controls: [untrained]).")
+
+    contrasts = {m: axis_contrasts(usable, m) for m in ("brain_r_mean", "val_loss")}
+    loss = contrasts["val_loss"].set_index("axis") if len(contrasts["val_loss"]) else None
+    for c in contrasts["brain_r_mean"].itertuples():
+        name = _AXIS_NAMES.get(c.axis, c.axis)
+        span = f"{_short_value(c.lo_value)}→{_short_value(c.hi_value)}"
+        what = (f"within seed noise ({_with_ci(c.diff, c.ci_lo, c.ci_hi, ' r')})" if c.verdict == "within seed noise"
+                else f"{_with_ci(c.diff, c.ci_lo, c.ci_hi, ' r')}" + (", noise unknown" if c.verdict == "noise unknown"
+                                                                      else ""))
+        extra = ""
+        if loss is not None and c.axis in loss.index:
+            lc = loss.loc[c.axis]
+            extra = f"; loss {_with_ci(lc['diff'], lc['ci_lo'], lc['ci_hi'])}"
+        held = "" if c.held == "reference" else " (marginal: all trials, not the reference line)"
+        say(f"axis {c.axis}", f"{name[0].upper() + name[1:]} {span}: brain score {what}{extra}{held}.",
+            c.diff, c.ci_lo, c.ci_hi)
+    by = contrasts["brain_r_mean"].set_index("axis") if len(contrasts["brain_r_mean"]) else None
+    if by is not None and {"data_frames", "n_embd"} <= set(by.index):
+        d, w = by.loc["data_frames", "diff"], by.loc["n_embd", "diff"]
+        more = "more" if abs(d) > abs(w) else "less"
+        say("data vs width", f"Over the ranges swept, data moves the brain score {more} than width "
+                             f"({_pm(d)} vs {_pm(w)} r).")
+
+    dt = analysis.get("dtype")
+    if dt is not None and not dt.empty:
+        for r in dt.itertuples():
+            n = int(r.n_matched)
+            diff = r.brain_r_mean_diff
+            lo, hi = _noise_ci(diff, sd * math.sqrt(2 / n), dof) if dof else (math.nan, math.nan)
+            score = ("within seed noise" if math.isfinite(lo) and lo <= 0 <= hi else
+                     "noise unknown" if not math.isfinite(lo) else "beyond seed noise")
+            say("dtype", f"{r.dtype} runs at {r.speed_ratio:.2f}× the speed of fp32 (range {r.speed_ratio_min:.2f}–"
+                         f"{r.speed_ratio_max:.2f} over {n} matched config(s); paper {PAPER_DTYPE['speed_ratio']}×); "
+                         f"brain score {_with_ci(diff, lo, hi, ' r')}, {score}.", r.speed_ratio)
+
+    weak = [f"the {_LAW_NAMES.get(m, m)} law" for m, f in analysis["fits"].items() if f is not None and not f.identified]
+    weak += [f"the compute law of {_LAW_NAMES[k.split('_vs_')[0]]} vs {_LAW_NAMES[k.split('_vs_')[1]]}"
+             for k, f in analysis.get("compute_laws", {}).items() if not f.identified]
+    if weak:
+        say("laws", "Not identified by this sweep (a parameter at a bound, or an exponent CI wider than 10×): "
+                    + ", ".join(weak) + ". They describe these trials; none is used for allocation.")
+    elif any(f is not None for f in analysis["fits"].values()):
+        say("laws", "Every fitted law is identified by this sweep.")
+
+    bt = analysis.get("backtest")
+    if bt is not None:
+        if bt["error"]:
+            say("backtest", f"No backtest: {bt['error']}.")
+        else:
+            parts = []
+            for (law, metric), g in bt["table"].groupby(["law", "metric"], sort=False):
+                judged = g["inside"].dropna()
+                inside = f" ({int(judged.sum())} of {len(judged)} inside the 95 % interval)" if len(judged) else ""
+                kind = "law" if law == "N, D law" else "compute law"
+                parts.append(f"{_LAW_NAMES.get(metric, metric)} {kind} "
+                             f"{100 * float(np.median(g['rel_error'])):+.1f} %{inside}")
+            say("backtest", f"Backtest: fitted without the largest budget ({len(bt['held'])} trial(s)), the laws "
+                            f"predict it with median errors of {'; '.join(parts)}; a compute law is checked on "
+                            "the best of those trials." if parts else f"No backtest: {'; '.join(bt['errors'].values())}.")
+
+    cs = analysis.get("ceiling_sensitivity")
+    if cs is not None and cs["differs"]:
+        tb = cs["table"].set_index("parameter")
+        say("ceiling", f"The brain law depends on its ceiling: with the {cs['other']} ({cs['ceilings'][1]:.3g}) "
+                       f"instead of the {cs['used']} ({cs['ceilings'][0]:.3g}), β moves from "
+                       f"{tb.loc['beta', 'used']:.3f} to {tb.loc['beta', 'other']:.3f} and α from "
+                       f"{tb.loc['alpha', 'used']:.3f} to {tb.loc['alpha', 'other']:.3f}.")
+    return out
+
+
+_LAW_NAMES = {"val_loss": "loss", "brain_r_mean": "brain score", "train_flops": "FLOPs", "gpu_hours": "GPU-hours"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -1485,7 +1857,10 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
         minimize, trial_ids}); ``effects`` (dict metric -> DataFrame); ``dtype``
         (DataFrame); ``budgets`` (ndarray); ``flops_per_param_token`` (float, median of
         train_flops / (N D), used by the closed-form allocation); ``allocation``
-        (DataFrame, one row per budget and metric).
+        (DataFrame, one row per budget and metric); ``training_effect``,
+        ``training_by_width`` (DataFrames); ``compute_laws``, ``compute_law_errors``;
+        ``backtest`` (:func:`backtest`); ``ceiling_sensitivity`` (:func:`ceiling_sensitivity`,
+        None without a brain law); ``findings`` (:func:`findings`).
 
     Raises
     ------
@@ -1537,6 +1912,9 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
     out["training_effect"] = training_effect(trials_df)
     out["training_by_width"] = training_by_width(trials_df)
     out["compute_laws"], out["compute_law_errors"] = compute_laws(usable, fronts, min(bootstrap, 100), seed)
+    out["backtest"] = backtest(usable, min(bootstrap, 100), seed)
+    brain = out["fits"].get("brain_r_mean")
+    out["ceiling_sensitivity"] = ceiling_sensitivity(usable, brain) if brain is not None else None
 
     if len(usable):
         ratio = usable["train_flops"] / (usable["params_nonembed"] * usable["tokens"])
@@ -1570,6 +1948,7 @@ def analyze(trials_df: pd.DataFrame, budgets: Any = None, bootstrap: int = 200,
         tables.append(t)
     out["allocation"] = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=["budget", "metric", "N_opt", "D_opt", "predicted_opt"])
+    out["findings"] = findings(out)
     return out
 
 
@@ -1597,8 +1976,26 @@ def analysis_to_dict(analysis: dict[str, Any]) -> dict[str, Any]:
            for k in ("training_effect", "training_by_width")},
         "compute_laws": {k: f.to_dict() for k, f in analysis.get("compute_laws", {}).items()},
         "compute_law_errors": analysis.get("compute_law_errors", {}),
+        "backtest": _backtest_to_dict(analysis.get("backtest")),
+        "ceiling_sensitivity": _sensitivity_to_dict(analysis.get("ceiling_sensitivity")),
+        "findings": analysis.get("findings", []),
         "paper_dtype": PAPER_DTYPE,
     })
+
+
+def _backtest_to_dict(bt: dict[str, Any] | None) -> dict[str, Any] | None:
+    if bt is None:
+        return None
+    return {**{k: bt[k] for k in ("held", "n_fit", "cut", "errors", "error")},
+            "table": bt["table"].to_dict(orient="records")}
+
+
+def _sensitivity_to_dict(cs: dict[str, Any] | None) -> dict[str, Any] | None:
+    if cs is None:
+        return None
+    return {"used": cs["used"], "other": cs["other"], "ceilings": list(cs["ceilings"]), "differs": cs["differs"],
+            "other_identified": cs["other_identified"], "table": cs["table"].to_dict(orient="records"),
+            "other_fit": cs["other_fit"].to_dict()}
 
 
 def _jsonable(x: Any) -> Any:

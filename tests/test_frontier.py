@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -562,3 +563,153 @@ def test_a_law_that_is_not_identified_allocates_nothing(trials):
     assert set(result["allocation"]["metric"]) == {"val_loss"}
     assert "not identified by this sweep" in result["allocation_skipped"]["brain_r_mean"]
     assert analysis_to_dict(result)["allocation_skipped"] == result["allocation_skipped"]
+
+
+# ---------------------------------------------------------------------------------------
+# Ceiling sensitivity, seed noise, backtest, findings
+# ---------------------------------------------------------------------------------------
+
+
+def _with_controls(df: pd.DataFrame, gain: float = 0.05) -> pd.DataFrame:
+    """Untrained controls at the reference config of ``df`` (its largest model, smallest data), one per seed,
+    scoring ``gain`` below the trained reference."""
+    ref = df[(df["n_embd"] == df["n_embd"].max()) & (df["n_layer"] == df["n_layer"].max())
+             & (df["data_frames"] == df["data_frames"].min())]
+    return pd.concat([df.assign(control=""),
+                      ref.assign(control="untrained", trial_id=ref["trial_id"] + "-u",
+                                 brain_r_mean=ref["brain_r_mean"] - gain)], ignore_index=True)
+
+
+def test_ceiling_sensitivity_is_exact_on_noiseless_scores_and_moves_on_noisy_ones():
+    """The docstring's old claim holds only without noise: there the gap law with another ceiling is the same
+    law rescaled; with noise the exponents move (here alpha by 6 %), and the report must show both."""
+    u = simulate_trials(loss_law=T2, brain_law=BRAIN)
+    cs = frontier.ceiling_sensitivity(u, frontier._metric_fit(u, "brain_r_mean"))
+    assert (cs["used"], cs["other"]) == ("given ceiling", "fitted ceiling")
+    assert cs["ceilings"][0] == pytest.approx(0.6) and cs["ceilings"][1] != pytest.approx(0.6)
+    np.testing.assert_allclose(cs["table"]["rel_diff"], 0, atol=1e-6)
+    assert not cs["differs"]
+    noisy = simulate_trials(brain_noise=0.01, seed=1)
+    cs = frontier.ceiling_sensitivity(noisy, frontier._metric_fit(noisy, "brain_r_mean"))
+    assert cs["differs"] and abs(cs["table"].set_index("parameter").loc["alpha", "rel_diff"]) > 0.03
+    estimated = fit_law(noisy["params_nonembed"], noisy["tokens"], noisy["brain_r_mean"], form="ceiling_gap")
+    cs = frontier.ceiling_sensitivity(noisy, estimated)  # no ceiling known: the other fit takes c = 1
+    assert (cs["used"], cs["other"], cs["ceilings"][1]) == ("fitted ceiling", "ceiling 1", 1.0)
+    with pytest.raises(ValueError, match="must be form='ceiling_gap'"):
+        frontier.ceiling_sensitivity(noisy, frontier._metric_fit(noisy, "val_loss"))
+
+
+def test_seed_noise_pools_the_configs_run_at_several_seeds():
+    df = simulate_trials(n_embd=(64, 128), n_layer=(2,), data_frames=(10_000, 100_000), seeds=(0, 1, 2),
+                         brain_noise=0.01, seed=3)
+    sd, dof = frontier.seed_noise(df, "brain_r_mean")
+    groups = [g["brain_r_mean"].to_numpy() for _, g in df.groupby(["n_embd", "data_frames"])]
+    pooled = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / sum(len(g) - 1 for g in groups))
+    assert dof == 8 and sd == pytest.approx(pooled, rel=1e-12)
+    assert 0.005 < sd < 0.02  # the simulated seed noise is 0.01
+    sd, dof = frontier.seed_noise(df[df["seed"] == 0], "brain_r_mean")
+    assert math.isnan(sd) and dof == 0
+
+
+def test_axis_contrasts_state_each_effect_against_seed_noise():
+    """Width and data move the score; heads do not (the simulated law has no head term): within seed noise."""
+    df = simulate_trials(n_embd=(64, 256), n_layer=(4,), n_head=(2, 4), data_frames=(10_000, 1_000_000),
+                         seeds=(0, 1, 2), loss_law=T2, brain_law=BRAIN, brain_noise=0.003, loss_noise=0.003, seed=7)
+    c = frontier.axis_contrasts(df, "brain_r_mean").set_index("axis")
+    assert set(c.index) == {"n_embd", "n_head", "data_frames"}  # one depth: no contrast; dtype: its own table
+    assert c.loc["n_embd", "verdict"] == "up" and c.loc["data_frames", "verdict"] == "up"
+    assert c.loc["n_head", "verdict"] == "within seed noise"
+    assert c.loc["n_head", "ci_lo"] < 0 < c.loc["n_head", "ci_hi"]
+    N, D = 12 * 4 * np.array([64.0, 256.0]) ** 2, 4.0 * 10_000
+    truth = 0.6 * -np.diff(BRAIN[1] * N ** -BRAIN[3])[0]  # the law's width effect at the reference data size
+    assert c.loc["n_embd", "ci_lo"] < truth < c.loc["n_embd", "ci_hi"]
+    one = frontier.axis_contrasts(df[df["seed"] == 0], "brain_r_mean")
+    assert set(one["verdict"]) == {"noise unknown"} and one["ci_lo"].isna().all()
+
+
+def test_backtest_predicts_the_held_out_budget_of_a_noiseless_sweep():
+    df = simulate_trials(loss_law=T2, brain_law=BRAIN)
+    bt = frontier.backtest(df, bootstrap=20)
+    assert bt["error"] is None and bt["errors"] == {}
+    held = df[np.log10(df["train_flops"]) > np.log10(df["train_flops"].max()) - frontier.BACKTEST_WIDTH]
+    assert sorted(bt["held"]) == sorted(held["trial_id"]) and bt["n_fit"] == len(df) - len(held)
+    law = bt["table"][bt["table"]["law"] == "N, D law"]
+    assert len(law) == 2 * len(held) and set(law["metric"]) == {"val_loss", "brain_r_mean"}
+    np.testing.assert_allclose(law["rel_error"], 0, atol=1e-5)  # the law is exact: so is its extrapolation
+    assert law["inside"].all()
+    assert set(bt["table"]["law"]) == {"N, D law", "compute law (FLOPs)"}
+
+
+def test_backtest_flags_a_bad_extrapolation():
+    """Scores that jump at the largest budget are not what the rest predicts: outside the interval."""
+    df = simulate_trials(loss_law=T2, brain_law=BRAIN, brain_noise=0.002, loss_noise=0.002, seed=5)
+    top = np.log10(df["train_flops"]) > np.log10(df["train_flops"].max()) - frontier.BACKTEST_WIDTH
+    df.loc[top, "val_loss"] *= 1.3
+    t = frontier.backtest(df, bootstrap=20)["table"]
+    law = t[(t["law"] == "N, D law") & (t["metric"] == "val_loss")]
+    assert (law["rel_error"] < -0.2).all() and not law["inside"].any()
+    ok = t[(t["law"] == "N, D law") & (t["metric"] == "brain_r_mean")]
+    assert ok["inside"].all()
+
+
+def test_backtest_says_when_the_sweep_is_too_small():
+    df = simulate_trials(n_embd=(64, 128), n_layer=(2,), data_frames=(10_000, 100_000))
+    bt = frontier.backtest(df)
+    assert bt["table"].empty and "largest budget" in bt["error"] and "needs at least 5" in bt["error"]
+    assert frontier.backtest(df.iloc[:0])["error"] == "no usable trials"
+
+
+def test_findings_state_numbers_cis_and_noise():
+    df = simulate_trials(n_embd=(64, 256), n_layer=(4,), n_head=(2, 4), data_frames=(10_000, 1_000_000),
+                         dtype=("fp32", "fp16"), seeds=(0, 1, 2), loss_law=T2, brain_law=BRAIN, brain_noise=0.003,
+                         loss_noise=0.003, seed=7)
+    found = analyze(_with_controls(df, gain=0.05), bootstrap=10)["findings"]
+    text = {f["topic"]: f["text"] for f in found}
+    assert text["seed noise"].startswith("Seed noise: the brain score varies by 0.00")
+    training = [f for f in found if f["topic"] == "training"][0]
+    assert training["value"] == pytest.approx(0.05, abs=1e-9)  # controls are the reference minus 0.05 exactly
+    assert 0 < training["ci_lo"] < 0.05 < training["ci_hi"]  # Welch over the seeds of both sides
+    assert training["text"].startswith("Training adds +0.050 r [+0.0")
+    assert "within seed noise" in text["axis n_head"] and text["axis n_head"].startswith("Heads 2→4")
+    assert re.search(r"Width 64→256: brain score \+0\.\d+ r \[\+0\.\d+, \+0\.\d+\]; loss -", text["axis n_embd"])
+    assert text["data vs width"].startswith("Over the ranges swept, data moves the brain score")
+    assert "fp16 runs at 1.1" in text["dtype"] and "within seed noise" in text["dtype"]
+    assert text["backtest"].startswith("Backtest: fitted without the largest budget")
+    no_seeds = {f["topic"]: f["text"] for f in analyze(df[df["seed"] == 0], bootstrap=0)["findings"]}
+    assert "noise of every effect below is unknown" in no_seeds["seed noise"]
+    assert "noise unknown" in no_seeds["axis n_embd"]
+    assert "No untrained control" in no_seeds["training"]
+
+
+def test_findings_name_the_laws_that_are_not_identified(trials):
+    flat = trials.assign(brain_r_mean=0.4 + 1e-4 * np.random.default_rng(0).standard_normal(len(trials)))
+    text = {f["topic"]: f["text"] for f in analyze(flat, bootstrap=0, strict=False)["findings"]}
+    assert text["laws"].startswith("Not identified by this sweep") and "the brain score law" in text["laws"]
+    assert "the loss law" not in text["laws"]
+    tiny = {f["topic"]: f["text"] for f in analyze(trials.iloc[:3], bootstrap=0, strict=False)["findings"]}
+    assert "No backtest" in tiny["backtest"]
+
+
+def test_law_prediction_bands_come_from_the_bootstrap():
+    N, D = _grid()
+    rng = np.random.default_rng(0)
+    y = _law(T2, N, D) * np.exp(0.01 * rng.standard_normal(N.size))
+    fit = fit_law(N, D, y, bootstrap=30)
+    lo, hi = fit.predict_interval(N[:3], D[:3])
+    assert np.all(lo < fit.predict(N[:3], D[:3])) and np.all(fit.predict(N[:3], D[:3]) < hi)
+    assert np.isnan(fit_law(N, D, y).predict_interval(N[:3], D[:3])[0]).all()
+    law = frontier.fit_compute_law(COMPUTE, 2 + 50 * COMPUTE ** -0.2 * np.exp(0.01 * rng.standard_normal(12)),
+                                   bootstrap=30)
+    assert law.boot.shape == (30 - law.n_bootstrap_failed, 3)
+    lo, hi = law.predict_interval(COMPUTE)
+    assert np.all(lo <= law.predict(COMPUTE) + 1e-12) and np.all(law.predict(COMPUTE) <= hi + 1e-12)
+
+
+def test_axis_contrast_intervals_cover_a_null_effect_at_the_nominal_rate():
+    """Heads have no effect in the simulated law: 95 % of sweeps must call them within seed noise."""
+    hits = 0
+    for s in range(100):
+        df = simulate_trials(n_embd=(64,), n_layer=(4,), n_head=(2, 4), data_frames=(10_000,), seeds=(0, 1, 2),
+                             loss_law=T2, brain_law=BRAIN, brain_noise=0.003, seed=100 + s)
+        hits += frontier.axis_contrasts(df, "brain_r_mean", axes=("n_head",))["verdict"].iloc[0] == "within seed noise"
+    assert 88 <= hits <= 99
