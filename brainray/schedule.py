@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Branch", "reuse_plan", "segment_at", "cosine_lr", "wsd_lr", "steps_for", "warmup_steps", "cooldown_start"]
+__all__ = ["Branch", "reuse_plan", "segment_at", "lr_at", "cosine_lr", "wsd_lr", "steps_for", "warmup_steps",
+           "cooldown_start"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ def reuse_plan(
 ) -> list[Branch]:
     """Branches in increasing data size; the last one is the trunk's own cooldown.
 
+    A trial trained from scratch is the one-branch plan of its data size: its trunk is its
+    whole path (``start`` 0, ``fork`` where a WSD schedule would start cooling down).
+
     Each branch's cooldown is ``cooldown_frac`` of its own path (at least one step), so a
     branch ends with the same LR decay, relative to its length, whatever its size.
     """
@@ -87,6 +91,16 @@ def segment_at(plan: list[Branch], step: int) -> Branch:
         if step < br.fork:
             return br
     return plan[-1]
+
+
+def lr_at(kind: str, step: int, branch: Branch, lr: float, warmup: int, min_lr_frac: float) -> float:
+    """The LR at ``step`` on ``branch``'s path: ``kind`` 'wsd' (constant until its fork, then its
+    cooldown to its end) or 'cosine' (decaying over its whole path; the fork plays no part)."""
+    if kind == "wsd":
+        return wsd_lr(step, branch.fork, branch.steps, lr, warmup, min_lr_frac)
+    if kind == "cosine":
+        return cosine_lr(step, branch.steps, lr, warmup, min_lr_frac)
+    raise ValueError(f"'train.lr_schedule' must be 'cosine' or 'wsd'; got {kind!r}.")
 
 
 def cosine_lr(step: int, max_steps: int, lr: float, warmup: int, min_lr_frac: float) -> float:

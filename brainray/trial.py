@@ -6,13 +6,23 @@ nanoGPT's train.py does: settings, data, model, resume, one training loop (LR, f
 backward, clip, step, log; evaluate and checkpoint each epoch), then features and
 ridge encoding on held-out runs.
 
-``report(metrics, checkpoint_dir=None)`` is called every ``log_every`` steps and at each
-epoch end (with a checkpoint folder), and once at the end with the brain scores. Every
-report carries ``val_loss`` (the sweep metric), carried forward between evaluations.
+Every trial follows a plan of ``schedule.Branch``es, one per data size, and one loop runs
+it. A scratch trial (``train.data_schedule: scratch``, the paper) is the one-branch plan of
+its data size. With ``train.data_schedule: reuse`` one run serves several data sizes: each
+smaller size is a cooldown branch off a shared trunk over the largest one, and is
+reported, with ``branch_done: True``, as a trial of its own.
 
-With ``train.data_schedule: reuse`` one run serves several data sizes (``_run_reuse``,
-planned by ``brainray.schedule``): each size is a cooldown branch off a shared trunk and
-is reported, with ``branch_done: True``, as a trial of its own.
+Which weights are scored: each data size is scored with the weights of the lowest
+validation loss among the evaluations on its own training path, and that loss is its
+``val_loss`` (``final_val_loss`` is the path's last one). A path is evaluated at the end of
+every epoch of the trunk (epochs of the largest size; of the only size for a scratch
+trial), at every fork on it, and at the end of its own cooldown. For a scratch trial this
+is the best epoch's weights.
+
+``report(metrics, checkpoint_dir=None)`` is called every ``log_every`` steps, at each
+evaluation of the trunk (with a checkpoint folder), and once per data size with its brain
+scores. Every report carries ``val_loss`` (the sweep metric): the last evaluation's, carried
+forward between evaluations.
 """
 
 from __future__ import annotations
@@ -46,70 +56,58 @@ Report = Callable[..., None]
 def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = None) -> dict[str, Any]:
     """Train and score one configuration; returns the final metrics (also reported).
 
-    With ``train.data_schedule: reuse`` every data size in ``config["branches"]`` is trained
-    by one run (``_run_reuse``); each size's final metrics are reported with
-    ``branch_done: True`` and become a trial-log row of their own.
+    The trunk trains epoch by epoch (evaluated and checkpointed at each epoch end and at
+    each fork) up to the next branch's fork. There the trunk's whole state (model,
+    optimiser, scaler, RNG, best weights) is snapshotted; the branch cools down on its own
+    prefix, is scored, and the trunk goes on from the snapshot, so the trunk is the same
+    run whether or not branches were taken. The last branch is the trunk's own path, to its
+    end; a scratch trial has only that one. Checkpoints hold the trunk and the branches
+    already done.
     """
     tr = TrainSpec(**config["train"])
     if config.get("control"):
         return _run_control(config, tr, report)
-    if tr.data_schedule == "reuse":
-        return _run_reuse(config, tr, report, checkpoint_dir)
-    if len(config.get("branches") or []) > 1:
+    if tr.data_schedule != "reuse" and len(config.get("branches") or []) > 1:
         raise ValueError(f"config lists branches {config['branches']} but train.data_schedule is {tr.data_schedule!r}.")
     t = _Trainer(config, tr)
-
-    # -- data: nested prefix of the training plays, in raw 60 Hz frames ------------------------
-    data_frames = int(config["data_frames"])
-    train_seqs = _pairs(t.ds, "train", data_frames)
-    n_pairs = len(train_seqs)
-    steps_per_epoch = schedule.steps_for(n_pairs, 1, tr.batch_size)
-    max_steps = tr.epochs * steps_per_epoch
-    warmup = schedule.warmup_steps(tr.warmup_frac, max_steps)
-    fork = schedule.cooldown_start(max_steps, tr.cooldown_frac)
-
-    def get_lr(step: int) -> float:
-        if tr.lr_schedule == "wsd":
-            return schedule.wsd_lr(step, fork, max_steps, tr.lr, warmup, tr.min_lr_frac)
-        return schedule.cosine_lr(step, max_steps, tr.lr, warmup, tr.min_lr_frac)
+    path = _Plan(t, config)
+    trunk = path.plan[-1]
 
     # -- resume (a damaged checkpoint: from scratch, with a warning) -------------------------
     ckpt = t.load(checkpoint_dir) if checkpoint_dir else None
-    best_weights = ckpt["best_model"] if ckpt else None
-    state = t.state
-    base = {**t.base, "data_frames": data_frames, "max_steps": max_steps, "train_pairs": n_pairs}
+    done: list[int] = list(ckpt.get("branches_done", [])) if ckpt else []
+    if not math.isfinite(t.state["val_loss"]):
+        t.state["val_loss"] = t.val_loss()  # what progress reports carry before the first evaluation
 
-    # -- training loop ----------------------------------------------------------------------
-    last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else t.val_loss()
-    while state["epoch"] < tr.epochs:
-        order = _epoch_order(n_pairs, t.seed * 1000 + state["epoch"])
-        t.start_clock()
-        for b in range(steps_per_epoch):
-            lr = get_lr(state["step"])
-            loss = t.step(train_seqs[order[b * tr.batch_size : (b + 1) * tr.batch_size]], lr)
-            if not math.isfinite(loss):
-                return _report(report, _failed({**base, **t.progress(max_steps, last_val)}, state["step"], loss))
-            if state["step"] % tr.log_every == 0 and b < steps_per_epoch - 1:
-                t.stop_clock()
-                t.start_clock()
-                report({**base, **t.progress(max_steps, last_val), "lr": lr})
-        t.stop_clock()
-        state["epoch"] += 1
-        last_val = t.val_loss()
-        if not math.isfinite(last_val):
-            return _report(report, _failed({**base, **t.progress(max_steps, last_val)}, state["step"], last_val))
-        if last_val < state["best_val_loss"]:
-            state["best_val_loss"] = last_val
-            best_weights = {k: v.detach().clone().cpu() for k, v in t.model.state_dict().items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            t.save(tmp, best_model=best_weights)
-            report({**base, **t.progress(max_steps, last_val), "lr": lr}, checkpoint_dir=tmp)
-
-    # -- brain encoding with the best-val-loss weights ----------------------------------------
-    t.model.load_state_dict(best_weights)
-    final = {**base, **t.finish(max_steps, last_val), "data_schedule": "scratch"}
-    final["incurred_flops"], final["incurred_gpu_hours"] = final["train_flops"], final["gpu_hours"]
-    return _report(report, final)
+    # -- training loop: the trunk to each fork, then that branch -----------------------------
+    every = schedule.steps_for(trunk.n_pairs, 1, tr.batch_size)  # an epoch of the trunk
+    for br in path.plan:
+        if br.data_frames in done:
+            continue
+        end = br.steps if br is trunk else br.fork  # the trunk's own path goes to its end
+        while t.state["step"] < end:
+            loss = path.train(trunk, min(end, (t.state["step"] // every + 1) * every), report, log_last=False)
+            t.state["epoch"] = t.state["step"] // every
+            val = t.evaluate() if math.isfinite(loss) else loss
+            if not math.isfinite(val):  # every size not yet done fails with the trunk
+                return _report(report, path.failed(trunk, val, own=br is trunk))
+            t.checkpoint(report, {**path.metrics(trunk), "lr": path.lr(trunk, t.state["step"] - 1)},
+                         branches_done=done)
+        if br is trunk:
+            return _report(report, path.scored(trunk))
+        # -- the branch: its cooldown on its own prefix, off a snapshot of the trunk ----------
+        snapshot = t.snapshot()
+        loss = path.train(br, br.steps, report, log_last=True)
+        val = t.evaluate() if math.isfinite(loss) else loss
+        row = path.scored(br) if math.isfinite(val) else path.failed(br, val, own=True)
+        row.pop("done")  # Tune ends a trial on a result with done=True; only the trunk's last one has it
+        report(row)
+        done.append(br.data_frames)
+        t.restore(snapshot)
+        t.state["segment_start_s"] = t.state["train_s"]  # the next branch's bill starts at this fork
+        t.checkpoint(report, {**path.metrics(trunk), "lr": path.lr(trunk, t.state["step"] - 1)},
+                     branches_done=done)
+    raise AssertionError("unreachable: the plan ends with the trunk's own branch")
 
 
 def _run_control(config: dict[str, Any], tr: TrainSpec, report: Report) -> dict[str, Any]:
@@ -121,108 +119,96 @@ def _run_control(config: dict[str, Any], tr: TrainSpec, report: Report) -> dict[
     if config["control"] != "untrained":
         raise ValueError(f"unknown control {config['control']!r}; brainray knows 'untrained'.")
     t = _Trainer(config, tr)
+    t.evaluate()  # its path is its initial weights
     base = {**t.base, "data_frames": int(config["data_frames"]), "max_steps": 0, "train_pairs": 0}
-    final = {**base, **t.finish(0, t.val_loss()), "data_schedule": "scratch", "control": "untrained"}
+    final = {**base, **t.finish(0), "data_schedule": "scratch", "control": "untrained"}
     final["incurred_flops"], final["incurred_gpu_hours"] = 0.0, final["gpu_hours"]
     return _report(report, final)
 
 
-def _run_reuse(config: dict[str, Any], tr: TrainSpec, report: Report, checkpoint_dir: str | None) -> dict[str, Any]:
-    """One trunk over the largest data size; at each smaller size's fork, a cooldown branch.
+class _Plan:
+    """A trial's plan (``schedule.reuse_plan``: one branch per data size, the trunk last), the
+    training pairs of each size (nested prefixes) and the loop's steps along it.
 
-    The trunk follows the WSD schedule of the largest size and draws from the growing
-    prefix (``schedule.segment_at``). At a fork the trunk's whole state (model, optimiser,
-    scaler, RNG) is snapshotted; the branch cools down on its own prefix, is evaluated and
-    scored with its final weights, and the trunk goes on from the snapshot, so the trunk is
-    the same run whether or not branches were taken. Checkpoints (one per epoch of the
-    largest size, and after each branch) hold the trunk and the branches already done.
+    The order of epoch e over a prefix is a permutation seeded by ``seed * 1000 + e``, plus
+    ``7919 * (k + 1)`` for the k-th smallest size of a reused axis (so both schedules draw
+    the orders they drew when they had loops of their own).
     """
-    t = _Trainer(config, tr)
-    sizes = sorted({int(d) for d in (config.get("branches") or [config["data_frames"]])})
-    seqs = {d: _pairs(t.ds, "train", d) for d in sizes}
-    plan = schedule.reuse_plan(sizes, [len(seqs[d]) for d in sizes], tr.epochs, tr.batch_size, tr.cooldown_frac)
-    trunk = plan[-1]
-    warmup = schedule.warmup_steps(tr.warmup_frac, plan[0].steps)  # shared, so sized by the shortest path
-    orders: dict[tuple[int, int], torch.Tensor] = {}
 
-    def batch(br: schedule.Branch, step: int) -> torch.Tensor:
+    def __init__(self, t: _Trainer, config: dict[str, Any]):
+        self.t, tr = t, t.tr
+        self.reuse = tr.data_schedule == "reuse"
+        sizes = sorted({int(d) for d in (config.get("branches") or [config["data_frames"]])}) if self.reuse else [
+            int(config["data_frames"])]
+        self.seqs = {d: _pairs(t.ds, "train", d) for d in sizes}
+        self.plan = schedule.reuse_plan(sizes, [len(self.seqs[d]) for d in sizes], tr.epochs, tr.batch_size,
+                                        tr.cooldown_frac)
+        self.warmup = schedule.warmup_steps(tr.warmup_frac, self.plan[0].steps)  # shared: sized by the shortest path
+        self.salt = {d: 7919 * (k + 1) if self.reuse else 0 for k, d in enumerate(sizes)}
+        self._orders: dict[tuple[int, int], torch.Tensor] = {}
+
+    def lr(self, br: schedule.Branch, step: int) -> float:
+        tr = self.t.tr
+        return schedule.lr_at(tr.lr_schedule, step, br, tr.lr, self.warmup, tr.min_lr_frac)
+
+    def batch(self, br: schedule.Branch, step: int) -> torch.Tensor:
         """Prefix ``br``'s batch at ``step``: epochs over it, counted from where the trunk enters it."""
-        epoch, b = divmod(step - br.start, schedule.steps_for(br.n_pairs, 1, tr.batch_size))
-        if (br.data_frames, epoch) not in orders:
-            seed = t.seed * 1000 + 7919 * (sizes.index(br.data_frames) + 1) + epoch
-            orders[br.data_frames, epoch] = _epoch_order(br.n_pairs, seed)
-        return seqs[br.data_frames][orders[br.data_frames, epoch][b * tr.batch_size : (b + 1) * tr.batch_size]]
+        bs = self.t.tr.batch_size
+        epoch, b = divmod(step - br.start, schedule.steps_for(br.n_pairs, 1, bs))
+        key = (br.data_frames, epoch)
+        if key not in self._orders:
+            self._orders[key] = _epoch_order(br.n_pairs, self.t.seed * 1000 + self.salt[br.data_frames] + epoch)
+        return self.seqs[br.data_frames][self._orders[key][b * bs : (b + 1) * bs]]
 
-    ckpt = t.load(checkpoint_dir) if checkpoint_dir else None  # damaged: from scratch, with a warning
-    done: list[int] = list(ckpt["branches_done"]) if ckpt else []
-    state = t.state
-    last_val = state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else t.val_loss()
-
-    def metrics(br: schedule.Branch, on_trunk: bool) -> dict[str, Any]:
-        m = {**t.base, **t.progress(br.steps, last_val), "data_schedule": "reuse", "data_frames": br.data_frames,
-             "train_pairs": br.n_pairs, "max_steps": br.steps, "branch_step": br.fork}
-        return {**m, "branch": None if on_trunk else br.data_frames}
-
-    def train(until: int, lr_of: schedule.Branch, data: schedule.Branch | None) -> float:
-        """Steps up to ``until`` with ``lr_of``'s schedule, on prefix ``data`` (None: the trunk's); the last loss."""
-        loss = float("nan")
+    def train(self, br: schedule.Branch, until: int, report: Report, log_last: bool) -> float:
+        """Steps up to ``until`` on ``br``'s path: its LR schedule, and its own prefix from its fork
+        on (before it, the trunk's growing prefix). Reports every ``log_every`` steps, but at
+        ``until`` only with ``log_last`` (else an evaluation report follows). Returns the last
+        loss; a non-finite one stops there (nothing was updated)."""
+        t, loss = self.t, float("nan")
         t.start_clock()
-        while state["step"] < until:
-            lr = schedule.wsd_lr(state["step"], lr_of.fork, lr_of.steps, tr.lr, warmup, tr.min_lr_frac)
-            loss = t.step(batch(data or schedule.segment_at(plan, state["step"]), state["step"]), lr)
+        while t.state["step"] < until:
+            step = t.state["step"]
+            lr = self.lr(br, step)
+            loss = t.step(self.batch(br if step >= br.fork else schedule.segment_at(self.plan, step), step), lr)
             if not math.isfinite(loss):
                 break
-            if state["step"] % tr.log_every == 0:
+            if t.state["step"] % t.tr.log_every == 0 and (log_last or t.state["step"] < until):
                 t.stop_clock()
                 t.start_clock()
-                report({**metrics(lr_of, data is None), "lr": lr})
+                report({**self.metrics(br), "lr": lr})
         t.stop_clock()
         return loss
 
-    def checkpoint() -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            t.save(tmp, branches_done=done)
-            report(metrics(trunk, on_trunk=True), checkpoint_dir=tmp)
+    def metrics(self, br: schedule.Branch) -> dict[str, Any]:
+        """Progress on ``br``'s path; on a reused axis also its fork and ``branch`` (its size once
+        past its fork: the steps of its own row, else None: the shared trunk's)."""
+        m = {**self.t.base, **self.t.progress(br.steps), "data_schedule": self.t.tr.data_schedule,
+             "data_frames": br.data_frames, "train_pairs": br.n_pairs, "max_steps": br.steps}
+        if self.reuse:
+            m |= {"branch_step": br.fork, "branch": br.data_frames if self.t.state["step"] > br.fork else None}
+        return m
 
-    every = schedule.steps_for(trunk.n_pairs, 1, tr.batch_size)  # trunk steps between checkpoints
-    for br in plan:
-        if br.data_frames in done:
-            continue
-        # -- the trunk up to this branch's fork ------------------------------------------------
-        while state["step"] < br.fork:
-            loss = train(min(br.fork, (state["step"] // every + 1) * every), trunk, None)
-            if not math.isfinite(loss):  # every size not yet done fails with the trunk
-                return _report(report, _failed(metrics(trunk, True), state["step"], loss))
-            last_val = t.val_loss()
-            checkpoint()
-        # -- the branch: its cooldown on its own prefix (the largest size's is the trunk's own) ---
-        snapshot = t.snapshot() if br is not trunk else None
-        loss = train(br.steps, br, br)
-        if math.isfinite(loss):
-            last_val = t.val_loss()
-            row = {**metrics(br, False), **t.finish(br.steps, last_val)}
-            row["incurred_flops"] = t.flops_per_token * br.own_steps * tr.batch_size * t.spec.n_ctx
-            row["incurred_gpu_hours"] = (state["train_s"] - state["segment_start_s"] + row["encode_s"]) / 3600.0
-        else:
-            row = _failed(metrics(br, False), state["step"], loss)
-        if br is trunk:
-            return _report(report, {**row, "branch_done": True})
-        row.pop("done")  # Tune ends a trial on a result with done=True; only the trunk's last one has it
-        report({**row, "branch_done": True})
-        done.append(br.data_frames)
-        t.restore(snapshot)
-        state = t.state
-        state["segment_start_s"] = state["train_s"]  # the next branch's bill starts at this fork
-        last_val = t.val_loss()
-        checkpoint()
-    raise AssertionError("unreachable: the plan ends with the trunk's own branch")
+    def scored(self, br: schedule.Branch) -> dict[str, Any]:
+        """``br``'s final metrics: its best weights scored against the brain, and its bill."""
+        t = self.t
+        row = {**self.metrics(br), **t.finish(br.steps)}
+        row["incurred_flops"] = t.flops_per_token * (br.own_steps * t.tr.batch_size * t.spec.n_ctx)
+        row["incurred_gpu_hours"] = (t.state["train_s"] - t.state["segment_start_s"] + row["encode_s"]) / 3600.0
+        return {**row, "branch_done": True} if self.reuse else row
+
+    def failed(self, br: schedule.Branch, value: float, own: bool) -> dict[str, Any]:
+        """A diverged path; ``own``: on ``br``'s own steps, so it is that size's row."""
+        row = _failed(self.metrics(br), self.t.state["step"], value)
+        return {**row, "branch_done": True} if self.reuse and own else row
 
 
 class _Trainer:
     """One trial's model, optimiser and scaler, and the few things done to them.
 
-    ``state`` holds the counters that a checkpoint carries: step, epoch, best val loss,
-    training seconds, and where the current reuse segment's bill started.
+    ``state`` holds the counters that a checkpoint carries: step, epoch, the last and the
+    best val loss, training seconds, and where the current reuse segment's bill started;
+    ``best`` the weights of the best val loss (on the CPU), the ones ``finish`` scores.
     """
 
     def __init__(self, config: dict[str, Any], tr: TrainSpec):
@@ -264,6 +250,7 @@ class _Trainer:
         self.optimizer = gpt.build_optimizer(self.model, self.tr.lr, self.tr.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
         self.state: dict[str, Any] = dict(_STATE)
+        self.best: dict[str, torch.Tensor] | None = None
 
     def step(self, batch: torch.Tensor, lr: float) -> float:
         """One optimiser step at ``lr``; returns the loss (non-finite: nothing was updated)."""
@@ -288,6 +275,15 @@ class _Trainer:
         self.model.train()
         return float(np.mean(losses))
 
+    def evaluate(self) -> float:
+        """The val loss of the current weights, now the last one; the lowest so far keeps its weights."""
+        val = self.val_loss()
+        self.state["val_loss"] = val
+        if val < self.state["best_val_loss"]:
+            self.state["best_val_loss"] = val
+            self.best = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+        return val
+
     def start_clock(self) -> None:
         self._t0 = time.perf_counter()
 
@@ -297,28 +293,30 @@ class _Trainer:
             torch.cuda.synchronize()
         self.state["train_s"] += time.perf_counter() - self._t0
 
-    def progress(self, max_steps: int, val_loss: float) -> dict[str, Any]:
+    def progress(self, max_steps: int) -> dict[str, Any]:
         s = self.state
         tokens = s["step"] * self.tr.batch_size * self.spec.n_ctx
         tps = tokens / s["train_s"] if s["train_s"] > 0 else 0.0
         return {
-            "step": s["step"], "epoch": s["epoch"], "train_loss": s["train_loss"], "val_loss": val_loss,
+            "step": s["step"], "epoch": s["epoch"], "train_loss": s["train_loss"], "val_loss": s["val_loss"],
             "best_val_loss": s["best_val_loss"], "tokens": tokens, "train_flops": self.flops_per_token * tokens,
             "tokens_per_s": tps, "mfu": self.flops_per_token * tps / self.peak if self.peak else None,
             "train_s": s["train_s"], "eta_s": (max_steps - s["step"]) * s["train_s"] / max(1, s["step"]),
         }
 
-    def finish(self, max_steps: int, last_val: float) -> dict[str, Any]:
-        """Score the current weights against the brain; the final metrics of a trial (or branch)."""
+    def finish(self, max_steps: int) -> dict[str, Any]:
+        """Score the best weights (``best``, loaded into the model) against the brain; the final
+        metrics of a trial (or branch): ``val_loss`` is the best one, ``final_val_loss`` the last."""
         t0 = time.perf_counter()
+        self.model.load_state_dict(self.best)
         self.model.eval()
         scores = score_brain(self.model, self.ds, gpt.feature_layer(self.spec.n_layer, self.tr.feature_depth),
                              self.tr, self.device)
         self.model.train()
         encode_s = time.perf_counter() - t0
-        best = min(self.state["best_val_loss"], last_val)
         return {
-            **self.progress(max_steps, last_val), **scores, "val_loss": best, "final_val_loss": last_val,
+            **self.progress(max_steps), **scores, "val_loss": self.state["best_val_loss"],
+            "final_val_loss": self.state["val_loss"],
             "wall_s": self.state["train_s"] + encode_s, "encode_s": encode_s,
             # Device-hours of the trial's slot: GPU-hours on CUDA, CPU-slot hours otherwise.
             "gpu_hours": (self.state["train_s"] + encode_s) / 3600.0,
@@ -326,10 +324,10 @@ class _Trainer:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """A deep copy of everything a step changes (weights, optimiser, scaler, RNG, counters)."""
+        """A deep copy of everything a step changes (weights, optimiser, scaler, RNG, counters, best weights)."""
         return copy.deepcopy({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), **_rng_state(self.device), "state": self.state,
+            "scaler": self.scaler.state_dict(), **_rng_state(self.device), "state": self.state, "best": self.best,
         })
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -337,12 +335,18 @@ class _Trainer:
         self.optimizer.load_state_dict(snap["optimizer"])
         self.scaler.load_state_dict(snap["scaler"])
         _set_rng_state(snap, self.device)
-        self.state = dict(snap["state"])
+        self.state, self.best = dict(snap["state"]), snap["best"]
+
+    def checkpoint(self, report: Report, metrics: dict[str, Any], **extra: Any) -> None:
+        """Report ``metrics`` with a checkpoint of the trial (``save``) in a temporary folder."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(tmp, **extra)
+            report(metrics, checkpoint_dir=tmp)
 
     def save(self, folder: str, **extra: Any) -> None:
         torch.save(
             {**self.state, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-             "scaler": self.scaler.state_dict(), **_rng_state(self.device), **extra,
+             "scaler": self.scaler.state_dict(), **_rng_state(self.device), "best_model": self.best, **extra,
              "config": {k: v for k, v in self.config.items() if k != "train"}, "train": dict(self.config["train"])},
             os.path.join(folder, CHECKPOINT),
         )
@@ -368,6 +372,7 @@ class _Trainer:
             first = (str(err).splitlines() or [""])[0]
             return self._start_over(f"Checkpoint {path} does not fit this trial ({type(err).__name__}: {first}).")
         self.state = {k: ckpt.get(k, v) for k, v in _STATE.items()}
+        self.best = ckpt.get("best_model")
         return ckpt
 
     def _start_over(self, why: str) -> None:
@@ -380,8 +385,8 @@ class _Trainer:
         self._fresh()
 
 
-_STATE = {"step": 0, "epoch": 0, "best_val_loss": float("inf"), "train_s": 0.0, "train_loss": float("nan"),
-          "segment_start_s": 0.0}
+_STATE = {"step": 0, "epoch": 0, "val_loss": float("nan"), "best_val_loss": float("inf"), "train_s": 0.0,
+          "train_loss": float("nan"), "segment_start_s": 0.0}
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:

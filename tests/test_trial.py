@@ -178,3 +178,34 @@ def test_untrained_control_scores_the_initial_weights(trial_config, tmp_path):
 def test_unknown_control_is_refused(trial_config, tmp_path):
     with pytest.raises(ValueError, match="unknown control 'shuffled'"):
         trial.run({**trial_config, "control": "shuffled"}, Recorder(tmp_path))
+
+
+@pytest.mark.parametrize("data_schedule", ["scratch", "reuse"])
+def test_each_size_scores_the_best_weights_on_its_own_path(trial_config, tmp_path, data_schedule):
+    """The one rule of both schedules: a size's ``val_loss`` is the lowest evaluation on its own path
+    (trunk epochs and forks up to its fork, then its cooldown's end), ``final_val_loss`` its last, and
+    the weights of ``val_loss`` are the ones scored."""
+    from brainray.config import TrainSpec
+
+    train = {**trial_config["train"], "epochs": 3}
+    cfg = {**trial_config, "train": train}
+    if data_schedule == "reuse":
+        cfg = {**cfg, "train": {**train, "data_schedule": "reuse", "lr_schedule": "wsd"}, "data_frames": 2400,
+               "branches": [1200, 2400]}
+    rec = Recorder(tmp_path)
+    last = trial.run(cfg, rec)
+    ckpts = [torch.load(c / trial.CHECKPOINT, weights_only=True) for c in rec.checkpoints]
+    rows = rec.rows() if data_schedule == "reuse" else [last]
+    assert rows[-1] == last and len(ckpts) >= 3
+    for row in rows:
+        fork = row.get("branch_step", row["step"]) if row is not last else row["step"]
+        evaluated = [c["val_loss"] for c in ckpts if c["step"] <= fork] + [row["final_val_loss"]]
+        assert row["val_loss"] == min(evaluated), row["data_frames"]
+    assert last["final_val_loss"] == ckpts[-1]["val_loss"]
+    # finish scores ``best``, whatever the model holds: the first epoch's weights, then the trunk's best
+    t = trial._Trainer(cfg, TrainSpec(**cfg["train"]))
+    t.best = ckpts[0]["model"]
+    first = t.finish(last["step"])["brain_r_mean"]
+    t.best = ckpts[-1]["best_model"]
+    assert t.finish(last["step"])["brain_r_mean"] == pytest.approx(last["brain_r_mean"], abs=1e-6)
+    assert first != pytest.approx(last["brain_r_mean"], abs=1e-6)
