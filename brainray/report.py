@@ -12,7 +12,14 @@ result), then writes into ``out_dir``:
 - ``loss_curves.png``: train/val loss vs tokens, when curves are given;
 - ``data_reuse.png``: with reused data axes (``train.data_schedule: reuse``), their FLOPs
   against training each size from scratch, and the loss along the data axis per schedule;
-- ``report.html``: one file, images embedded as base64, inline CSS, no external links.
+- ``parcels.png``: the best trial's r against the noise ceiling per parcel, by family and
+  receptive field, when its per-parcel table is there (:mod:`brainray.parcels`);
+- ``report.html``: one file that opens offline: images embedded as base64, inline CSS, and
+  interactive Plotly versions of the frontier, IsoFLOP and per-axis plots (hover a point for
+  its trial's configuration and scores; drag to zoom) with plotly.js embedded. It opens with
+  the *Findings* (:func:`brainray.frontier.findings`) and carries the backtest. While the
+  sweep runs (its driver holds ``<root>/.driver.lock``) the page reloads itself; the report
+  written when the sweep has ended does not.
 
 It degrades gracefully: with too few trials for a fit (a smoke sweep has ~4) it still
 writes the plots and tables and says in the report why no law was fitted.
@@ -22,9 +29,11 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import fcntl
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +44,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from brainray import reuse  # noqa: E402
+from brainray import frontier, parcels, reuse  # noqa: E402
 from brainray.frontier import (  # noqa: E402
     AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier, pareto_front, score_families,
 )
+from brainray.frontier import _short_value as _short  # noqa: E402
 
-__all__ = ["write_report", "PLOTS", "REUSE_PLOT"]
+__all__ = ["write_report", "PLOTS", "REUSE_PLOT", "PARCEL_PLOT"]
 
 PLOTS = ("frontier_loss.png", "frontier_brain.png", "isoflop.png", "axis_effects.png",
          "loss_curves.png")
@@ -58,7 +68,8 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
                  curves_df: pd.DataFrame | None = None,
                  analysis: dict[str, Any] | None = None,
                  title: str = "brainray compute-optimal frontier",
-                 bootstrap: int = 200, seed: int = 0) -> Path:
+                 bootstrap: int = 200, seed: int = 0, live: bool | None = None,
+                 parcels_df: pd.DataFrame | None = None) -> Path:
     """Write the frontier report of a trial log into ``out_dir``.
 
     Parameters
@@ -79,6 +90,14 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         Bootstrap resamples when the analysis is computed here.
     seed : int, default=0
         Bootstrap seed when the analysis is computed here.
+    live : bool, optional
+        True: the page reloads itself every 30 s (a sweep is running); False: it does not
+        and says the sweep has ended. None: True while a driver holds the sweep's lock
+        ``<out_dir>/../.driver.lock``, False when that lock file is free, and neither
+        (no banner) when there is no such file.
+    parcels_df : DataFrame, optional
+        Per-parcel scores of the best trial (:func:`brainray.parcels.parcel_table`); read
+        from ``<out_dir>/../parcels/<best trial>.parquet`` when None.
 
     Returns
     -------
@@ -97,6 +116,10 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     if analysis is None:
         analysis = analyze(trials_df, bootstrap=bootstrap, seed=seed, strict=False)
+    state = _sweep_state(out) if live is None else ("running" if live else "ended")
+    best = _best_trial(analysis)
+    if parcels_df is None and best is not None:
+        parcels_df = parcels.read_parcel_scores(out.parent, best)
 
     notes: dict[str, str] = {}
     plotters = {
@@ -107,6 +130,10 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         "loss_curves.png": lambda p: _plot_loss_curves(curves_df, analysis, p),
         "frontier_families.png": lambda p: _plot_families(analysis, p),
     }
+    if parcels_df is not None:
+        plotters[PARCEL_PLOT] = lambda p: _plot_parcels(parcels_df, best, p)
+    else:
+        (out / PARCEL_PLOT).unlink(missing_ok=True)
     reuse_info = _reuse_analysis(trials_df, bootstrap, seed)
     if reuse_info is not None:
         plotters[REUSE_PLOT] = lambda p: _plot_reuse(trials_df, reuse_info, p)
@@ -124,12 +151,19 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
     summary = analysis_to_dict(analysis)
     if reuse_info is not None:
         summary["data_reuse"] = _reuse_to_dict(reuse_info)
-    summary.update(title=title, plots=notes,
+    if parcels_df is not None:
+        summary["parcels"] = {"trial_id": best, "summary": parcels.summarize(parcels_df).to_dict(orient="records")}
+    summary.update(title=title, plots=notes, sweep_state=state,
                    generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat())
+    summary = _jsonable(summary)
     (out / "fits.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     analysis["allocation"].to_csv(out / "allocation.csv", index=False)
     report = out / "report.html"
-    report.write_text(_html(trials_df, analysis, notes, out, title, reuse_info), encoding="utf-8")
+    page = _html(trials_df, analysis, notes, out, title, reuse_info, state=state,
+                 parcel_html=_parcel_section(parcels_df, best, out, notes))
+    tmp = report.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(report)  # a browser reloading the live page never reads half a file
     return report
 
 
@@ -516,16 +550,227 @@ def _reuse_section(info: dict[str, Any] | None, out: Path, notes: dict[str, str]
     return "\n".join(parts)
 
 
-def _short(v: Any) -> str:
-    if isinstance(v, (int, np.integer)) or (isinstance(v, float) and float(v).is_integer()):
-        v = int(v)
-        for div, suf in ((1_000_000, "M"), (1_000, "K")):
-            if v >= div and v % div == 0:
-                return f"{v // div}{suf}"
-            if v >= 10 * div:
-                return f"{v / div:.3g}{suf}"
-        return str(v)
-    return str(v)
+# ---------------------------------------------------------------------------------------
+# Per-parcel scores of the best trial
+# ---------------------------------------------------------------------------------------
+
+PARCEL_PLOT = "parcels.png"  # only when the best trial's per-parcel scores are there
+
+
+def _best_trial(analysis: dict[str, Any]) -> str | None:
+    df = analysis["usable"]
+    ok = df[np.isfinite(df["brain_r_mean"].to_numpy(float))] if len(df) else df
+    return None if ok.empty else str(ok.loc[ok["brain_r_mean"].idxmax(), "trial_id"])
+
+
+def _plot_parcels(table: pd.DataFrame, trial_id: str, path: Path) -> str | None:
+    """r against ceiling per parcel, coloured by family; r / ceiling per family; per receptive field."""
+    known = table[np.isfinite(table["ceiling"].to_numpy(float))]
+    if known.empty:
+        return "the parcels have no known ceiling (measured data)"
+    families = list(dict.fromkeys(known["family"]))
+    rf = known[known["receptive_field"] != ""]
+    fig, axes = plt.subplots(1, 3 if len(rf) else 2, figsize=(15 if len(rf) else 10.5, 4.2))
+    ax = axes[0]
+    for i, fam in enumerate(families):
+        g = known[known["family"] == fam]
+        ax.scatter(g["ceiling"], g["r"], s=16, color=f"C{i}", label=fam, alpha=0.8, edgecolors="none")
+    top = float(max(known["ceiling"].max(), known["r"].max(), 0.05))
+    ax.plot([0, top], [0, top], ":", color="0.4", lw=1, label="r = ceiling")
+    ax.set_xlabel("noise ceiling")
+    ax.set_ylabel("held-out r")
+    ax.set_title(f"Every parcel, best trial {trial_id}", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, alpha=0.3)
+    ax = axes[1]
+    signal = known[known["ceiling"] > 0]
+    for i, fam in enumerate(families):
+        v = (signal["r"] / signal["ceiling"])[signal["family"] == fam].to_numpy(float)
+        if len(v):
+            ax.scatter(np.full(len(v), i) + np.linspace(-0.2, 0.2, len(v)), v, s=10, color=f"C{i}", alpha=0.7)
+            ax.plot([i - 0.3, i + 0.3], [v.mean()] * 2, color="k", lw=2)
+    ax.set_xticks(range(len(families)), families, fontsize=8, rotation=30)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_ylabel("r / ceiling")
+    ax.set_title("Fraction of the ceiling per family (bar: mean)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    if len(rf):
+        ax = axes[2]
+        cells = sorted(set(rf["receptive_field"]))
+        rf_fams = list(dict.fromkeys(rf["family"]))
+        frac = rf.assign(_f=rf["r"] / rf["ceiling"]).pivot_table(index="family", columns="receptive_field",
+                                                               values="_f", aggfunc="mean")
+        frac = frac.reindex(index=rf_fams, columns=cells)
+        im = ax.imshow(frac.to_numpy(float), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(cells)), cells, fontsize=7, rotation=45, ha="right")
+        ax.set_yticks(range(len(rf_fams)), rf_fams, fontsize=8)
+        ax.set_title("Mean r / ceiling per receptive field", fontsize=10)
+        fig.colorbar(im, ax=ax)
+    _save(fig, path)
+    return None
+
+
+def _parcel_section(table: pd.DataFrame | None, trial_id: str | None, out: Path, notes: dict[str, str]) -> str:
+    head = "<h2>Per-parcel scores</h2>"
+    if trial_id is None:
+        return head + "<p class='note'>No usable trial yet.</p>"
+    if table is None:
+        return head + (f"<p class='note'>No per-parcel scores for the best trial (<code>{html.escape(trial_id)}"
+                       f"</code>): the trial log keeps the per-family means only. A table written with "
+                       f"<code>brainray.parcels.write_parcel_scores</code> to <code>&lt;sweep&gt;/parcels/"
+                       f"{html.escape(trial_id)}.parquet</code> is mapped here.</p>")
+    summary = parcels.summarize(table)
+    return (head + f"<p class='note'>Best trial by brain score: <code>{html.escape(trial_id)}</code>, "
+            f"{len(table)} parcels over {table['subject'].nunique()} subject(s). A parcel on the dotted line "
+            "reaches its noise ceiling; noise parcels (ceiling 0) must sit near r = 0. Receptive field: the screen "
+            "cell of the parcel's main pixel feature.</p>"
+            + _img(out, PARCEL_PLOT, notes, "per-parcel r against the noise ceiling")
+            + _table(summary, left=("family", "receptive_field"), scroll=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Interactive plots (Plotly; plotly.js is embedded once in the page, so it opens offline)
+# ---------------------------------------------------------------------------------------
+
+_HOVER = ("trial_id", "n_embd", "n_layer", "n_head", "data_frames", "dtype", "seed", "params_nonembed",
+          "train_flops", "gpu_hours", "val_loss", "brain_r_mean", "brain_r_max", "ceiling_frac")
+_PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": True}
+
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    """One hover label per trial: its configuration and scores."""
+    cols = [c for c in _HOVER if c in df.columns]
+    return ["<br>".join(f"<b>{c}</b> {html.escape(_fmt(v))}" for c, v in zip(cols, row))
+            for row in df[cols].itertuples(index=False)]
+
+
+def _trial_trace(df: pd.DataFrame, x: str, y: str, showscale: bool = True, name: str = "trials") -> Any:
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=df[x], y=df[y], mode="markers", name=name, text=_hover(df), hovertemplate="%{text}<extra></extra>",
+        marker=dict(size=9, color=np.log10(df["params_nonembed"].to_numpy(float)), colorscale="Viridis",
+                    line=dict(width=0.5, color="black"), showscale=showscale,
+                    colorbar=dict(title="log10 N", len=0.8)))
+
+
+def _front_trace(df: pd.DataFrame, x: str, y: str, ids: list[str]) -> Any:
+    import plotly.graph_objects as go
+
+    on = df[df["trial_id"].isin(ids)].sort_values(x)
+    return go.Scatter(x=on[x], y=on[y], mode="lines", name="Pareto front", hoverinfo="skip",
+                      line=dict(color="crimson", width=2))
+
+
+def _law_traces(fit: LawFit | None, df: pd.DataFrame, label: str) -> list[Any]:
+    """The fitted frontier over the architectures run and its 95 % bootstrap band (cf. :func:`_law_frontier`)."""
+    import plotly.graph_objects as go
+
+    if fit is None:
+        return []
+    C = np.geomspace(df["train_flops"].min() / 2, df["train_flops"].max() * 10, 80)
+    value, lo, hi = config_frontier(fit, df, C, level=0.95)
+    out = [go.Scatter(x=C, y=value, mode="lines", name=label, line=dict(color="black", dash="dash"),
+                      hovertemplate="C %{x:.3g}<br>predicted %{y:.4g}<extra></extra>")]
+    if np.isfinite(lo).any():
+        out.append(go.Scatter(x=np.concatenate([C, C[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                              fillcolor="rgba(120,120,120,0.25)", line=dict(width=0), hoverinfo="skip",
+                              name="95 % bootstrap band"))
+    return out
+
+
+def _div(fig: Any, div_id: str, height: int = 460) -> str:
+    import plotly.io as pio
+
+    fig.update_layout(height=height, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white",
+                      legend=dict(font=dict(size=10)), hoverlabel=dict(font=dict(size=11)))
+    return pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=_PLOTLY_CONFIG)
+
+
+def _interactive_frontiers(analysis: dict[str, Any]) -> str:
+    """Loss and brain score against FLOPs and GPU-hours: every trial (hover: config and scores), the front, the law."""
+    from plotly.subplots import make_subplots
+
+    df = analysis["usable"]
+    if df.empty:
+        return ""
+    costs = [c for c in ("train_flops", "gpu_hours") if c in df.columns]
+    metrics = [("val_loss", "validation loss"), ("brain_r_mean", "brain score (mean r)")]
+    fig = make_subplots(rows=2, cols=len(costs), horizontal_spacing=0.08, vertical_spacing=0.12,
+                        subplot_titles=[f"{label} vs {_LABELS[c]}" for _, label in metrics for c in costs])
+    for r, (metric, label) in enumerate(metrics, start=1):
+        for c, cost in enumerate(costs, start=1):
+            first = r == 1 and c == 1
+            fig.add_trace(_trial_trace(df, cost, metric, showscale=first).update(showlegend=first), r, c)
+            front = analysis["fronts"].get(f"{metric}_vs_{cost}")
+            if front:
+                fig.add_trace(_front_trace(df, cost, metric, front["trial_ids"]).update(showlegend=first), r, c)
+            if cost == "train_flops":
+                for t in _law_traces(analysis["fits"].get(metric), df, "fitted frontier"):
+                    fig.add_trace(t.update(showlegend=r == 1), r, c)
+            fig.update_xaxes(type="log", title_text=_LABELS[cost], row=r, col=c)
+            fig.update_yaxes(title_text=label, type="log" if metric == "val_loss" else "linear", row=r, col=c)
+    return _div(fig, "plot-frontiers", height=820)
+
+
+def _interactive_isoflop(analysis: dict[str, Any]) -> str:
+    import plotly.graph_objects as go
+
+    df = analysis["usable"]
+    groups = _isoflop_groups(df) if len(df) else []
+    if not groups:
+        return ""
+    fig = go.Figure()
+    for g in groups[-6:]:
+        C = float(np.exp(np.log(g["train_flops"]).mean()))
+        g = g.sort_values("params_nonembed")
+        fig.add_trace(go.Scatter(x=g["params_nonembed"], y=g["val_loss"], mode="markers+lines", name=f"C ≈ {C:.2g}",
+                                 text=_hover(g), hovertemplate="%{text}<extra></extra>"))
+    fig.update_xaxes(type="log", title_text="params (non-embedding)")
+    fig.update_yaxes(type="log", title_text="validation loss")
+    fig.update_layout(title="IsoFLOP profiles (trials within 0.3 decade of FLOPs)")
+    return _div(fig, "plot-isoflop")
+
+
+def _interactive_axes(analysis: dict[str, Any]) -> str:
+    """Per-axis means with 95 % CI, and every trial behind them (hover: config and scores)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = [m for m, e in analysis["effects"].items() if not e.empty]
+    if not metrics:
+        return ""
+    df = analysis["usable"]
+    axes = [a for a in AXES if any((analysis["effects"][m]["axis"] == a).any() for m in metrics)]
+    fig = make_subplots(rows=len(metrics), cols=len(axes), subplot_titles=[a for _ in metrics for a in axes],
+                        horizontal_spacing=0.05, vertical_spacing=0.14)
+    for r, metric in enumerate(metrics, start=1):
+        eff = analysis["effects"][metric]
+        for c, ax in enumerate(axes, start=1):
+            e = eff[eff["axis"] == ax]
+            labels = [_short(v) for v in e["value"]]
+            m = e["mean"].to_numpy(float)
+            fig.add_trace(go.Scatter(
+                x=labels, y=m, mode="markers+lines", name="mean, 95 % CI", showlegend=r == c == 1,
+                marker=dict(size=9, color="#1f77b4" if r == 1 else "#d62728"),
+                error_y=dict(type="data", symmetric=False, array=np.nan_to_num(e["ci_hi"].to_numpy(float) - m),
+                             arrayminus=np.nan_to_num(m - e["ci_lo"].to_numpy(float))),
+                customdata=np.stack([e["n"], e["ci_lo"], e["ci_hi"], e["held"]], axis=1),
+                hovertemplate=(f"{ax} %{{x}}<br>mean %{{y:.4g}} [%{{customdata[1]:.4g}}, %{{customdata[2]:.4g}}]"
+                               "<br>n %{customdata[0]} (%{customdata[3]})<extra></extra>")), r, c)
+            t = df[df[ax].isin(e["value"])]
+            fig.add_trace(go.Scatter(x=[_short(v) for v in t[ax]], y=t[metric], mode="markers", name="trials",
+                                     showlegend=r == c == 1, marker=dict(size=5, color="rgba(90,90,90,0.45)"),
+                                     text=_hover(t), hovertemplate="%{text}<extra></extra>"), r, c)
+            fig.update_xaxes(type="category", categoryorder="array", categoryarray=labels, row=r, col=c)
+        fig.update_yaxes(title_text=_LABELS.get(metric, metric), row=r, col=1)
+    return _div(fig, "plot-axes", height=330 * len(metrics) + 60)
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return f"<script id='plotly-js'>{get_plotlyjs()}</script>"
 
 
 # ---------------------------------------------------------------------------------------
@@ -557,6 +802,11 @@ tr:nth-child(even) td{background:#fafbfc}
 .scroll{max-height:420px;overflow:auto;border:1px solid #e6e8eb}
 img{max-width:100%;height:auto;display:block;margin:8px 0;border:1px solid #eceef1}
 code{background:#f0f3f7;padding:0 3px;border-radius:2px}
+ul.findings{background:#f3f8f3;border-left:4px solid #4a9a5a;padding:10px 14px 10px 32px;border-radius:3px}
+ul.findings li{margin:3px 0}
+.live{background:#e8f1fb;border-left:4px solid #3a6ea5;padding:8px 12px;border-radius:3px;margin:8px 0}
+.done{color:#5b6570;font-size:.9em;border-left:4px solid #b9c0c8;padding:4px 10px}
+details summary{cursor:pointer;color:#3a6ea5;margin:6px 0}
 """
 
 
@@ -608,7 +858,8 @@ def _img(out: Path, name: str, notes: dict[str, str], alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
+def _fit_section(metric: str, fit: LawFit | None, error: str | None, sensitivity: dict[str, Any] | None = None
+                 ) -> str:
     name = _LABELS.get(metric, metric)
     if fit is None:
         why = error or "not attempted"
@@ -626,8 +877,8 @@ def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
     if fit.form == "ceiling_gap":
         extra.append(f"ceiling c = {_fmt(fit.ceiling)} "
                      + ("(estimated: 1.05 × the larger of max r and the fitted asymptote; "
-                        "the scores alone do not identify it — the exponents and the "
-                        "allocation do not depend on it, E, A and B do)"
+                        "the scores alone do not identify it, and the exponents and the "
+                        "allocation move with it: see the sensitivity below)"
                         if fit.ceiling_estimated else "(given: mean noise ceiling)"))
         extra.append(f"asymptotic score c(1 − E) = {_fmt(fit.asymptote)}")
         if fit.n_clipped:
@@ -650,7 +901,8 @@ def _fit_section(metric: str, fit: LawFit | None, error: str | None) -> str:
             f"b = α/(α+β) = {_fmt(fit.b)}. Huber (δ = {fit.delta:g}) on log residuals, "
             f"objective {_fmt(fit.objective)}, {fit.n_used} trials, "
             f"{'converged' if fit.converged else 'NOT converged'}; {boot}. "
-            f"{html.escape('; '.join(extra))}.</p>{tbl}")
+            f"{html.escape('; '.join(extra))}.</p>{tbl}"
+            + (_ceiling_section(sensitivity) if fit.form == "ceiling_gap" else ""))
 
 
 def _compute_law_section(laws: dict[str, Any], errors: dict[str, str]) -> str:
@@ -691,7 +943,8 @@ def _two_stage_section(fit: Any) -> str:
 
 
 def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
-          out: Path, title: str, reuse_info: dict[str, Any] | None = None) -> str:
+          out: Path, title: str, reuse_info: dict[str, Any] | None = None, state: str | None = None,
+          parcel_html: str = "") -> str:
     n_left = len(analysis["left_out"])
     usable = analysis["usable"]
     k = analysis["flops_per_param_token"]
@@ -705,9 +958,11 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
     card_html = "".join(f"<div class='card'><b>{html.escape(str(_fmt(v)))}</b>"
                         f"<span>{html.escape(n)}</span></div>" for n, v in cards)
 
-    fits = "".join(_fit_section(m, analysis["fits"].get(m), analysis["fit_errors"].get(m))
+    fits = "".join(_fit_section(m, analysis["fits"].get(m), analysis["fit_errors"].get(m),
+                                analysis.get("ceiling_sensitivity"))
                    for m in ("val_loss", "brain_r_mean")) + _two_stage_section(analysis.get("two_stage")) \
-        + _compute_law_section(analysis.get("compute_laws", {}), analysis.get("compute_law_errors", {}))
+        + _compute_law_section(analysis.get("compute_laws", {}), analysis.get("compute_law_errors", {})) \
+        + _backtest_section(analysis.get("backtest"))
 
     alloc = analysis["allocation"]
     skipped = "".join(f"<p class='warn'>No allocation from the {html.escape(_LABELS.get(m, m))} law: "
@@ -753,13 +1008,17 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<title>{html.escape(title)}</title><style>{_CSS}</style>{_plotly_js()}</head>
 <body><main>
 <h1>{html.escape(title)}</h1>
+{_live_banner(state, trials, stamp)}
 <p class="meta">brainray frontier report, generated {stamp}. Compute C is the logged
 training FLOPs (exact count); GPU-hours are kept separate because dtype changes time,
-not FLOPs.</p>
+not FLOPs. The interactive plots show every trial: hover a point for its configuration and
+scores, drag to zoom, double-click to reset; the PNGs below them are the same, for papers.</p>
 <div class="cards">{card_html}</div>
+
+{_findings_section(analysis.get("findings", []))}
 
 {_training_section(analysis.get("training_effect"), analysis.get("training_by_width"), out, notes)}
 
@@ -770,16 +1029,25 @@ not FLOPs.</p>
 {alloc_html}
 
 <h2>Frontiers</h2>
+{_interactive_frontiers(analysis)}
+{_interactive_isoflop(analysis)}
+<details><summary>Static plots (PNG)</summary>
 {_img(out, "frontier_loss.png", notes, "validation loss vs training FLOPs")}
 {_img(out, "frontier_brain.png", notes, "brain score vs FLOPs and GPU-hours")}
 {_img(out, "isoflop.png", notes, "isoFLOP profiles")}
+</details>
+
+{parcel_html}
 
 {_reuse_section(reuse_info, out, notes)}
 <h2>Per-axis effects</h2>
 <p class="note">Mean over trials at each value of one axis with the other axes at the
 reference config (their most common values); "marginal" means too few trials there, so
 all trials were averaged. 95 % t intervals over seeds / trials.</p>
+{_interactive_axes(analysis)}
+<details><summary>Static plot (PNG)</summary>
 {_img(out, "axis_effects.png", notes, "per-axis effects")}
+</details>
 {effects}
 
 <h2>Precision (dtype)</h2>
@@ -795,3 +1063,101 @@ all trials were averaged. 95 % t intervals over seeds / trials.</p>
 {left_html}
 </main></body></html>
 """
+
+
+def _findings_section(items: list[dict[str, Any]]) -> str:
+    """The Findings that open the report: one plain sentence each, with its number and CI."""
+    if not items:
+        return ""
+    lis = "".join(f"<li>{html.escape(f['text'])}</li>" for f in items)
+    return ("<h2 id='findings'>Findings</h2><ul class='findings'>" + lis + "</ul>"
+            "<p class='note'>Intervals are 95 %. Effects with one trial per point take their noise from the seeds "
+            "of repeated configs (pooled s.d.); \"within seed noise\" means the interval holds 0.</p>")
+
+
+def _backtest_section(bt: dict[str, Any] | None) -> str:
+    if bt is None:
+        return ""
+    head = ("<h3>Backtest: fit without the largest budget, predict it</h3><p class='note'>The laws are fitted again "
+            f"without the trials within {frontier.BACKTEST_WIDTH:g} decade of the largest training FLOPs, then "
+            "predict those trials. <b>lo, hi</b>: the refitted law's 95 % bootstrap band, widened by one trial's "
+            "noise (1.96 s.d. over seeds, or without seeds of the fitted trials about the law); <b>inside</b>: "
+            "whether the observed value falls in it. The compute law predicts the frontier, so it is checked on the best held-out trial.</p>")
+    if bt["error"]:
+        return head + f"<p class='warn'>No backtest: {html.escape(bt['error'])}.</p>"
+    errs = "".join(f"<p class='note'>{html.escape(k)}: {html.escape(v)}</p>" for k, v in bt["errors"].items())
+    return (head + f"<p class='note'>{len(bt['held'])} trial(s) held out (train_flops &gt; {bt['cut']:.3g}), "
+            f"{bt['n_fit']} fitted.</p>" + _table(bt["table"], left=("law", "metric", "trial_id", "interval")) + errs)
+
+
+def _ceiling_section(cs: dict[str, Any] | None) -> str:
+    """The brain law with the other ceiling, side by side: the answer moves with the ceiling."""
+    if cs is None:
+        return ""
+    c_used, c_other = cs["ceilings"]
+    table = cs["table"].rename(columns={"used": f"{cs['used']} ({_fmt(c_used)})",
+                                        "other": f"{cs['other']} ({_fmt(c_other)})"})
+    verdict = (f"<p class='warn'>The exponents or the asymptote move by more than 2 % with the ceiling: read the "
+               f"allocation with both in mind{'' if cs['other_identified'] else ' (the other fit is not identified)'}"
+               ".</p>" if cs["differs"] else
+               "<p class='note'>Both ceilings give the same exponents and asymptote within 2 %.</p>")
+    return ("<h4>Sensitivity to the ceiling</h4><p class='note'>The ceiling-gap law refitted with the other ceiling "
+            "(no bootstrap). On noisy scores the exponents and the allocation depend on the ceiling, because the "
+            "log residuals weight each trial by its gap 1 − r/c.</p>" + verdict
+            + _table(table, left=("parameter",)))
+
+
+_RELOAD_S = 30  # seconds between reloads of a live report
+
+
+def _sweep_state(out: Path) -> str | None:
+    """"running" while the sweep's driver holds ``<root>/.driver.lock`` (root: the folder above the report's),
+    "ended" when the lock file is there and free, None when the report is not in a sweep folder."""
+    lock = out.parent / ".driver.lock"
+    if not lock.is_file():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once, below
+    except BlockingIOError:
+        return "running"
+    except OSError:
+        return None  # a filesystem without locks: say nothing rather than guess
+    finally:
+        os.close(fd)
+    return "ended"
+
+
+def _live_banner(state: str | None, trials: pd.DataFrame, stamp: str) -> str:
+    """While the sweep runs: a banner and a script that reloads the page (keeping the scroll position) every
+    30 s, with a pause box. It gives up when the page has not changed for 3x the longest trial (at least an
+    hour): a driver killed without a final report leaves a live page behind. Finished: a plain line."""
+    if state is None:
+        return ""
+    if state == "ended":
+        return (f"<p class='done'>The sweep is not running (finished or stopped); this report, written {stamp}, "
+                "no longer reloads itself.</p>")
+    wall = pd.to_numeric(trials.get("wall_s", pd.Series(dtype=float)), errors="coerce").max()
+    stale_s = max(3600.0, 3 * float(wall)) if np.isfinite(wall) else 3600.0
+    written_ms = int(_dt.datetime.now(_dt.timezone.utc).timestamp() * 1000)
+    return f"""<div class='live' id='live'>Sweep running: this page reloads itself every {_RELOAD_S} s
+(written {stamp}). <label><input type='checkbox' id='live-pause'> pause reloading</label>
+<span id='live-stale'></span></div>
+<script id='live-reload'>(function() {{
+  var box = document.getElementById('live-pause'), key = 'brainray-report-';
+  var written = {written_ms}, staleMs = {int(stale_s * 1000)};
+  box.checked = sessionStorage.getItem(key + 'pause') === '1';
+  box.onchange = function() {{ sessionStorage.setItem(key + 'pause', box.checked ? '1' : '0'); }};
+  var y = sessionStorage.getItem(key + 'scroll');
+  if (y !== null) window.addEventListener('load', function() {{ window.scrollTo(0, +y); }});
+  setInterval(function() {{
+    if (box.checked) return;
+    if (Date.now() - written > staleMs) {{
+      document.getElementById('live-stale').textContent = ' No update for ' + Math.round(staleMs / 60000)
+        + ' min: the sweep may have stopped, so reloading has stopped.';
+      return;
+    }}
+    sessionStorage.setItem(key + 'scroll', String(window.scrollY));
+    location.reload();
+  }}, {_RELOAD_S * 1000});
+}})();</script>"""

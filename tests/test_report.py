@@ -72,11 +72,19 @@ def test_fits_json_parses_and_recovers_law(full_report, trials):
     assert (alloc["cost"] <= alloc["budget"]).all()
 
 
+def _outside_plotly_js(text: str) -> str:
+    """The page without the embedded plotly.js library (whose code holds URL strings of its own)."""
+    head, rest = text.split("<script id='plotly-js'>", 1)
+    return head + rest.split("</script>", 1)[1]
+
+
 def test_html_is_self_contained(full_report):
     _, path = full_report
     text = path.read_text()
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", text, re.I)
-    assert "<script" not in text.lower() and "<link" not in text.lower()
+    assert "plotly.js v" in text.split("<script id='plotly-js'>", 1)[1][:400]  # the library itself, inline
+    page = _outside_plotly_js(text)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", page, re.I)
+    assert "<link" not in page.lower() and not re.search(r"<script[^>]*\ssrc=", page, re.I)
     assert text.count("src='data:image/png;base64,") == len(PLOTS)
     assert "crashed" in text and "RuntimeError: worker died" in text  # left-out row
     for section in ("Fitted scaling laws", "Compute-optimal allocation", "Per-axis effects",
@@ -121,3 +129,132 @@ def test_report_errors(tmp_path, trials):
         write_report(trials, tmp_path,
                      curves_df=pd.DataFrame(columns=["trial_id", "step", "tokens",
                                                      "val_loss"]))
+
+
+def test_report_opens_with_findings_and_carries_the_backtest(full_report):
+    out, path = full_report
+    text = path.read_text()
+    assert text.index("<h2 id='findings'>Findings</h2>") < text.index("What training adds") < text.index(
+        "Fitted scaling laws")
+    findings = text.split("<ul class='findings'>", 1)[1].split("</ul>", 1)[0]
+    assert "Seed noise:" not in findings  # no config of this sweep was run twice
+    assert "noise of every effect below is unknown" in findings and "noise unknown" in findings
+    assert "fp16 runs at 1.1" in findings and "Backtest: fitted without the largest budget" in findings
+    assert "Backtest: fit without the largest budget, predict it" in text and "Sensitivity to the ceiling" in text
+    d = json.loads((out / "fits.json").read_text())
+    assert d["findings"] and all(set(f) >= {"topic", "text"} for f in d["findings"])
+    assert d["backtest"]["error"] is None and len(d["backtest"]["held"]) >= 1
+    assert {r["law"] for r in d["backtest"]["table"]} == {"N, D law", "compute law (FLOPs)"}
+    assert d["ceiling_sensitivity"]["used"] == "given ceiling"
+    assert "do not depend on" not in text
+
+
+def test_tiny_sweep_says_there_is_no_backtest(tmp_path, trials):
+    path = write_report(trials[trials["status"] == "TERMINATED"].iloc[:3], tmp_path)
+    text = path.read_text()
+    assert "No backtest: without the" in text and "needs at least 5" in text
+
+
+def _plot_data(text: str, div_id: str) -> list[dict]:
+    """The traces handed to Plotly.newPlot for one plot div."""
+    call = text.split(f'Plotly.newPlot(                        "{div_id}",', 1)[1]
+    return json.JSONDecoder().raw_decode(call.lstrip())[0]
+
+
+def _values(v) -> np.ndarray:
+    """A Plotly data array: a plain list, or base64 ``{"bdata", "dtype"}`` as Plotly 6+ writes numbers."""
+    if isinstance(v, dict):
+        import base64
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
+def test_interactive_plots_hold_every_trial_with_its_config(full_report, trials):
+    _, path = full_report
+    text = path.read_text()
+    ok = trials[trials["status"] == "TERMINATED"]
+    frontiers = _plot_data(text, "plot-frontiers")
+    points = [t for t in frontiers if t.get("name") == "trials"]
+    assert len(points) == 4  # loss and brain score, against FLOPs and GPU-hours
+    for t in points:
+        assert len(_values(t["x"])) == len(ok) and len(t["text"]) == len(ok)
+    assert sorted(_values(points[0]["y"])) == pytest.approx(sorted(ok["val_loss"]))
+    hover = points[0]["text"][0]
+    for key in ("trial_id", "n_embd", "n_layer", "n_head", "data_frames", "dtype", "val_loss", "brain_r_mean"):
+        assert f"<b>{key}</b>" in hover
+    assert any(t.get("name") == "Pareto front" for t in frontiers)
+    assert any(t.get("name") == "95 % bootstrap band" for t in frontiers)
+    axes = _plot_data(text, "plot-axes")
+    assert any("error_y" in t for t in axes) and any(t.get("name") == "trials" for t in axes)
+    assert _plot_data(text, "plot-isoflop")
+
+
+def test_live_report_reloads_while_the_sweep_runs(tmp_path, trials):
+    from brainray import locks
+
+    res = analyze(trials, bootstrap=0)
+    out = tmp_path / "frontier"
+    text = write_report(trials, out, analysis=res).read_text()  # not in a sweep folder: no banner, no reload
+    assert "location.reload" not in text and "Sweep running" not in text and "not running" not in text
+    with locks.exclusive(tmp_path / ".driver.lock", "the sweep test"):  # what run_sweep holds while trials run
+        text = write_report(trials, out, analysis=res).read_text()
+        assert "Sweep running: this page reloads itself every 30 s" in text and "location.reload()" in text
+        assert json.loads((out / "fits.json").read_text())["sweep_state"] == "running"
+    text = write_report(trials, out, analysis=res).read_text()  # the final report, after the driver let go
+    assert "location.reload" not in text and "The sweep is not running" in text
+    assert json.loads((out / "fits.json").read_text())["sweep_state"] == "ended"
+    assert "location.reload()" in write_report(trials, out, analysis=res, live=True).read_text()
+    assert not (out / "report.html.tmp").exists()
+
+
+def _parcel_scores(trial_id: str) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    fams = ["visual"] * 6 + ["object"] * 4 + ["none"] * 2
+    ceiling = np.array([0.5] * 10 + [0.0] * 2)
+    return pd.DataFrame(dict(
+        trial_id=trial_id, subject=np.repeat(["sub-01", "sub-02"], 12), parcel=[f"p{i:02d}" for i in range(12)] * 2,
+        family=fams * 2, feature=(["lum-0", "lum-4", "motion-8", "lum-0", "contrast-4", "motion-8"]
+                                  + ["ship_x"] * 4 + [""] * 2) * 2,
+        receptive_field=(["row 0, col 0", "row 1, col 1", "row 2, col 2"] * 2 + [""] * 6) * 2,
+        ceiling=np.tile(ceiling, 2), r=np.tile(ceiling, 2) * 0.6 + 0.01 * rng.standard_normal(24)))
+
+
+def test_report_maps_the_best_trials_parcels(tmp_path, trials):
+    from brainray import parcels
+
+    res = analyze(trials, bootstrap=0)
+    best = res["usable"].loc[res["usable"]["brain_r_mean"].idxmax(), "trial_id"]
+    out = tmp_path / "frontier"
+    text = write_report(trials, out, analysis=res).read_text()
+    assert f"No per-parcel scores for the best trial (<code>{best}</code>)" in text
+    assert not (out / "parcels.png").exists()
+    parcels.write_parcel_scores(tmp_path, best, _parcel_scores(best))  # where the report looks for it
+    text = write_report(trials, out, analysis=res).read_text()
+    assert (out / "parcels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Best trial by brain score: <code>{best}</code>, 24 parcels over 2 subject(s)" in text
+    assert "row 1, col 1" in text
+    summary = {(r["family"], r["receptive_field"]): r for r in json.loads((out / "fits.json").read_text())
+               ["parcels"]["summary"]}
+    assert summary[("object", "")]["n"] == 8 and summary[("object", "")]["ceiling_frac"] == pytest.approx(0.6, abs=0.02)
+    assert summary[("none", "")]["ceiling_frac"] is None  # no ceiling, no fraction
+
+
+@pytest.mark.slow
+def test_report_renders_offline_in_headless_chromium(full_report, tmp_path):
+    """The page draws its Plotly plots with the network off: every script it needs is in the file."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install -y chromium)")
+    _, path = full_report
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+           '--host-resolver-rules=MAP * ~NOTFOUND', "--virtual-time-budget=15000", f"--user-data-dir={tmp_path}",
+           "--dump-dom", path.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+    assert "<h2 id=\"findings\">Findings</h2>" in dom
+    for div in ("plot-frontiers", "plot-isoflop", "plot-axes"):
+        drawn = dom.split(f'id="{div}"', 1)[1][:200000]
+        assert "main-svg" in drawn and 'class="point"' in drawn, div  # Plotly drew its points
