@@ -300,21 +300,13 @@ class LawFit:
         value = self.predict(N, D)
         if level is None:
             return value
-        if self.boot is None or len(self.boot) < 2:
-            nan = np.full_like(value, np.nan)
-            return value, nan, nan.copy()
         curves = []
-        for row in self.boot:
+        for row in [] if self.boot is None else self.boot:
             f = LawFit(*row, form=self.form, ceiling=self.ceiling)
             if f.A <= 0 or f.B <= 0:
                 continue
             curves.append(f.predict(*f.allocation(C, flops_per_param_token)))
-        if len(curves) < 2:
-            nan = np.full_like(value, np.nan)
-            return value, nan, nan.copy()
-        q = 100 * (1 - level) / 2
-        lo, hi = np.nanpercentile(np.array(curves), [q, 100 - q], axis=0)
-        return value, lo, hi
+        return (value, *_band(curves, value.shape, level))
 
     def formula(self, digits: int = 4) -> str:
         """The fitted law written out, e.g. ``L = 1.82 + 482/N^0.348 + 2085/D^0.366``."""
@@ -1176,14 +1168,8 @@ def config_frontier(fit: LawFit, trials_df: pd.DataFrame, budgets: Any,
     value = best(fit)
     if level is None:
         return value
-    nan = np.full_like(value, np.nan)
-    if fit.boot is None or len(fit.boot) < 2:
-        return value, nan, nan.copy()
-    curves = np.array([best(LawFit(*row, form=fit.form, ceiling=fit.ceiling))
-                       for row in fit.boot])
-    q = 100 * (1 - level) / 2
-    lo, hi = np.nanpercentile(curves, [q, 100 - q], axis=0)
-    return value, lo, hi
+    curves = [best(LawFit(*row, form=fit.form, ceiling=fit.ceiling)) for row in ([] if fit.boot is None else fit.boot)]
+    return (value, *_band(curves, value.shape, level))
 
 
 def _mode(s: pd.Series) -> Any:
@@ -1741,7 +1727,8 @@ def findings(analysis: dict[str, Any]) -> list[dict[str, Any]]:
         say("ceiling", f"The brain law depends on its ceiling: with the {cs['other']} ({cs['ceilings'][1]:.3g}) "
                        f"instead of the {cs['used']} ({cs['ceilings'][0]:.3g}), β moves from "
                        f"{tb.loc['beta', 'used']:.3f} to {tb.loc['beta', 'other']:.3f} and α from "
-                       f"{tb.loc['alpha', 'used']:.3f} to {tb.loc['alpha', 'other']:.3f}.")
+                       f"{tb.loc['alpha', 'used']:.3f} to {tb.loc['alpha', 'other']:.3f}"
+                       + ("" if cs["other_identified"] else " (that fit is not identified)") + ".")
     return out
 
 

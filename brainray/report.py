@@ -759,7 +759,8 @@ def _interactive_axes(analysis: dict[str, Any]) -> str:
                 hovertemplate=(f"{ax} %{{x}}<br>mean %{{y:.4g}} [%{{customdata[1]:.4g}}, %{{customdata[2]:.4g}}]"
                                "<br>n %{customdata[0]} (%{customdata[3]})<extra></extra>")), r, c)
             t = df[df[ax].isin(e["value"])]
-            fig.add_trace(go.Scatter(x=[_short(v) for v in t[ax]], y=t[metric], mode="markers", name="trials",
+            fig.add_trace(go.Scatter(x=[_short(v) for v in t[ax]], y=t[metric], mode="markers",
+                                     name="every trial at that value (other axes vary)",
                                      showlegend=r == c == 1, marker=dict(size=5, color="rgba(90,90,90,0.45)"),
                                      text=_hover(t), hovertemplate="%{text}<extra></extra>"), r, c)
             fig.update_xaxes(type="category", categoryorder="array", categoryarray=labels, row=r, col=c)
