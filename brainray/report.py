@@ -583,13 +583,14 @@ def _plot_parcels(table: pd.DataFrame, trial_id: str, path: Path) -> str | None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, alpha=0.3)
     ax = axes[1]
-    signal = known[known["ceiling"] > 0]
-    for i, fam in enumerate(families):
+    signal = known[known["ceiling"] > 0]  # noise parcels have no fraction of a ceiling of 0
+    shown = [f for f in families if (signal["family"] == f).any()]
+    for i, fam in enumerate(shown):
         v = (signal["r"] / signal["ceiling"])[signal["family"] == fam].to_numpy(float)
-        if len(v):
-            ax.scatter(np.full(len(v), i) + np.linspace(-0.2, 0.2, len(v)), v, s=10, color=f"C{i}", alpha=0.7)
-            ax.plot([i - 0.3, i + 0.3], [v.mean()] * 2, color="k", lw=2)
-    ax.set_xticks(range(len(families)), families, fontsize=8, rotation=30)
+        ax.scatter(np.full(len(v), i) + np.linspace(-0.2, 0.2, len(v)), v, s=10, color=f"C{families.index(fam)}",
+                   alpha=0.7)
+        ax.plot([i - 0.3, i + 0.3], [v.mean()] * 2, color="k", lw=2)
+    ax.set_xticks(range(len(shown)), shown, fontsize=8, rotation=30)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_ylabel("r / ceiling")
     ax.set_title("Fraction of the ceiling per family (bar: mean)", fontsize=10)
