@@ -43,8 +43,9 @@ __all__ = [
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: found after `pip install .` too
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 #: Bumped when the prepare stage makes different data from the same settings, so that a cached
-#: dataset of an older brainray is not reused (2: game-state parcel families, VQ-VAE mean frame).
-DATA_VERSION = 2
+#: dataset of an older brainray is not reused (2: game-state parcel families, VQ-VAE mean frame;
+#: 3: the streaming prepare, training frames regenerated from their bk2).
+DATA_VERSION = 3
 #: Control trials: "untrained" scores the reference model with its initial weights.
 CONTROLS = ("untrained",)
 DTYPES = ("fp32", "fp16", "bf16")
@@ -218,6 +219,9 @@ class TokenizerSpec:
     steps: int = 300
     batch_size: int = 16
     lr: float = 3e-4  # Adam; the paper's fork uses 3e-4, the small demo tokenizer learns faster at 1e-3
+    # Training clips up to this size are replayed once and kept in Ray's object store; larger
+    # sets stream from their bk2 at every epoch. It changes where clips wait, not which: not hashed.
+    cache_mb: int = 512
 
     def problems(self) -> list[str]:
         """Every problem of these settings (the rules of ``brainray.vqvae.VQVAEConfig``, by key)."""
@@ -232,6 +236,7 @@ class TokenizerSpec:
             "n_res_layers": _int(0),
             "n_codes": _int(2, 2**15, why="tokens are stored as int16"),
             "embedding_dim": _int(1), "steps": _int(1), "batch_size": _int(1), "lr": _POSITIVE,
+            "cache_mb": _int(0),
         })
 
 
@@ -460,8 +465,8 @@ class SweepSpec:
 
     def data_key(self) -> str:
         """Hash of everything the prepared dataset and tokens depend on."""
-        return stable_hash({"data": dataclasses.asdict(self.data), "tokenizer": dataclasses.asdict(self.tokenizer),
-                            "version": DATA_VERSION})
+        tokenizer = {k: v for k, v in dataclasses.asdict(self.tokenizer).items() if k != "cache_mb"}
+        return stable_hash({"data": dataclasses.asdict(self.data), "tokenizer": tokenizer, "version": DATA_VERSION})
 
     def validate(self, max_data_frames: int | None = None) -> None:
         """Raise SpecError listing every problem, or return None."""

@@ -192,9 +192,10 @@ def _promised(manifest: dict[str, Any]) -> list[str]:
     stimuli = dict.fromkeys(seg["replay"] for run in manifest["runs"] for seg in run["segments"])
     simulated = manifest.get("source", "simulated") == "simulated"
     brain = ("simbrain.json", "simbrain.npz") if simulated else ("bold.npz",)
+    # frames are kept only where the simulated brain is made from them; others come from their bk2
+    frames = [f"frames/{video.FrameStore.MANIFEST}", *(f"frames/{name}.u8" for name in stimuli)] if simulated else []
     return [
-        "vqvae.pt", *(f"tokens/{name}.npy" for name in plays),
-        f"frames/{video.FrameStore.MANIFEST}", *(f"frames/{name}.u8" for name in stimuli),
+        "vqvae.pt", *(f"tokens/{name}.npy" for name in plays), *frames,
         *(f"brain/{subject}/{f}" for subject in manifest["subjects"] for f in brain),
     ]
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,6 +237,77 @@ def _count_steps(path: Path) -> int:
     return max(n_lines - 1, 0)
 
 
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames a ``.bk2`` replays to (its input lines minus the first), read without emulating."""
+    path = Path(path)
+    _check_bk2(path)
+    return _count_steps(path)
+
+
+def iter_replay(
+    path: str | os.PathLike,
+    game: str | None = None,
+    *,
+    size: int | tuple[int, int] | None = None,
+    observe: Callable[[np.ndarray], np.ndarray] | None = None,
+    chunk: int = _CHUNK,
+) -> Iterator[Replay]:
+    """Replay a ``.bk2`` movie chunk by chunk: consecutive :class:`Replay` pieces of up to
+    ``chunk`` steps, in order, so that a stream never holds a whole play.
+
+    The pieces, concatenated, are :func:`replay`'s result (arguments as there); each
+    piece's ``observed`` holds its own rows. A movie of no steps gives one empty piece.
+    """
+    path = Path(path)
+    _check_bk2(path)
+    n = _count_steps(path)
+    movie = _open_movie(path)
+    movie.step()  # input line 0 belongs to env.reset() of the recording
+    try:
+        name = resolve_game(game if game is not None else movie.get_game())
+        env = make_env(name, state=State.NONE, players=movie.players)
+    except BaseException:
+        movie.close()
+        raise
+    try:
+        init = movie.get_state()
+        if init:  # empty for a movie recorded from power-on
+            env.initial_state = init
+        obs, _ = env.reset()
+        n_buttons, players = env.num_buttons, movie.players
+        buttons = list(env.buttons)
+        if players > 1:
+            buttons = [f"P{p + 1} {b}" for p in range(players) for b in buttons]
+        for first in range(0, max(n, 1), chunk):  # a movie of no steps gives one empty piece
+            k = min(chunk, n - first)
+            native = np.empty((k, *obs.shape), dtype=np.uint8)
+            actions = np.zeros((k, players * n_buttons), dtype=bool)
+            rewards = np.zeros(k, dtype=np.float32)
+            for j in range(k):
+                if not movie.step():
+                    raise ValueError(
+                        f"bk2 movie {str(path)!r} ended after {first + j} of {n} steps while replaying; "
+                        "the file changed during the replay?"
+                    )
+                for p in range(players):
+                    for b in range(n_buttons):
+                        actions[j, p * n_buttons + b] = movie.get_key(b, p)
+                obs, rew, _, _, _ = env.step(actions[j])
+                rewards[j] = np.sum(rew)
+                native[j] = obs
+            if size is None:
+                frames = native
+            else:
+                from brainray.video import resize_frames
+
+                frames = resize_frames(native if k else obs[None], size)[:k]
+            observed = None if observe is None else np.asarray(observe(native))
+            yield Replay(frames=frames, actions=actions, rewards=rewards, buttons=buttons, game=name, observed=observed)
+    finally:
+        env.close()
+        movie.close()
+
+
 def replay(
     path: str | os.PathLike,
     game: str | None = None,
@@ -277,62 +348,13 @@ def replay(
     ValueError
         If the file is not a readable bk2 (not a zip, truncated, entries missing).
     """
-    path = Path(path)
-    _check_bk2(path)
-    n = _count_steps(path)
-    movie = _open_movie(path)
-    movie.step()  # input line 0 belongs to env.reset() of the recording
-    try:
-        name = resolve_game(game if game is not None else movie.get_game())
-        env = make_env(name, state=State.NONE, players=movie.players)
-    except BaseException:
-        movie.close()
-        raise
-    try:
-        init = movie.get_state()
-        if init:  # empty for a movie recorded from power-on
-            env.initial_state = init
-        obs, _ = env.reset()
-        n_buttons, players = env.num_buttons, movie.players
-        if size is None:
-            frames = np.empty((n, *obs.shape), dtype=np.uint8)
-        else:
-            from brainray.video import resize_frames
-
-            frames = np.empty((n, *resize_frames(obs[None], size).shape[1:]), dtype=np.uint8)
-        chunk = np.empty((min(_CHUNK, max(n, 1)), *obs.shape), dtype=np.uint8)
-        observed: list[np.ndarray] = []
-        actions = np.zeros((n, players * n_buttons), dtype=bool)
-        rewards = np.zeros(n, dtype=np.float32)
-        for i in range(n):
-            if not movie.step():
-                raise ValueError(
-                    f"bk2 movie {str(path)!r} ended after {i} of {n} steps while replaying; "
-                    "the file changed during the replay?"
-                )
-            for p in range(players):
-                for b in range(n_buttons):
-                    actions[i, p * n_buttons + b] = movie.get_key(b, p)
-            obs, rew, _, _, _ = env.step(actions[i])
-            rewards[i] = np.sum(rew)
-            if size is None:
-                frames[i] = obs
-            if size is not None or observe is not None:
-                chunk[i % _CHUNK] = obs
-                if i % _CHUNK == _CHUNK - 1 or i == n - 1:
-                    k = i % _CHUNK + 1
-                    if size is not None:
-                        frames[i - k + 1 : i + 1] = resize_frames(chunk[:k], size)
-                    if observe is not None:
-                        observed.append(np.asarray(observe(chunk[:k])))
-        buttons = list(env.buttons)
-    finally:
-        env.close()
-        movie.close()
-    if players > 1:
-        buttons = [f"P{p + 1} {b}" for p in range(players) for b in buttons]
+    pieces = list(iter_replay(path, game, size=size, observe=observe))
+    observed = [p.observed for p in pieces if p.observed is not None]
     return Replay(
-        frames=frames, actions=actions, rewards=rewards, buttons=buttons, game=name,
+        frames=np.concatenate([p.frames for p in pieces]),
+        actions=np.concatenate([p.actions for p in pieces]),
+        rewards=np.concatenate([p.rewards for p in pieces]),
+        buttons=pieces[0].buttons, game=pieces[0].game,
         observed=np.concatenate(observed) if observed else None,
     )
 

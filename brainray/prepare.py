@@ -42,6 +42,7 @@ Version-1 manifests (simulated, before cneuromod) read the same: shared runs, ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -54,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from brainray import fmri, gameplay, gamestate, simbrain, video, vqvae
+from brainray import fmri, gameplay, gamestate, simbrain, stream, video, vqvae
 from brainray.config import DataSpec, SpecError, SweepSpec, TokenizerSpec
 from brainray.dataset import (
     DAMAGED, FPS, MANIFEST, Dataset, SubjectBold, describe_incomplete, load_dataset, missing_files, read_manifest,
@@ -68,6 +69,7 @@ MapFn = Callable[[Callable, Iterable], list]
 #: Order of the cneuromod training replays, hence of the nested ``data_frames`` prefixes.
 REPLAY_ORDER = ("subject", "level", "session", "run", "onset")
 _MIN_RUNS = 3  # leave-one-run-out scoring: 1 held out, >= 2 for the inner CV
+CHECKPOINT = "vqvae.ckpt"  # the tokenizer's training state while it trains; removed when it is done
 def _cached(root: Path, log: Log) -> Dataset | None:
     """The dataset already at ``root``, repaired if only token files are missing; None (with
     the reason logged) if it must be built again."""
@@ -82,31 +84,32 @@ def _cached(root: Path, log: Log) -> Dataset | None:
         log(f"[prepare] cached dataset {root}")
         return Dataset(root, manifest)
     tokens = [p.removeprefix("tokens/").removesuffix(".npy") for p in missing if p.startswith("tokens/")]
-    if len(tokens) == len(missing) and all((root / "frames" / f"{name}.u8").is_file() for name in tokens):
+    if len(tokens) == len(missing):
         log(f"[prepare] {describe_incomplete(root, missing)}\n[prepare] tokenizing them again with its vqvae.pt")
-        _retokenize(root, manifest["tokenizer"], tokens)
+        _retokenize(root, manifest, tokens, log)
         return load_dataset(root)
     log(f"[prepare] {describe_incomplete(root, missing)}\n[prepare] rebuilding it")
     return None
 
 
 def _record(args: tuple[str, int, int, str, str, int, bool]) -> dict[str, Any]:
-    """Record one play, replay it from its bk2, resize and store the frames (one task).
-
-    With ``observe``, the game's object state is also read from the native frames while
-    replaying (``gamestate.Tracker``) and stored beside the actions, as ``state``.
+    """Record one play as a bk2 (one task). A stimulus play (``stimulus``) is also replayed and
+    its resized frames stored, with its actions, rewards and, where ``brainray.gamestate`` reads
+    the game, the object state read from the native frames while replaying: the simulated brain
+    is made from them. A training play keeps only its bk2; its frames are regenerated from it.
     """
-    root, seed, n_frames, game, policy, size, observe = args
+    root, seed, n_frames, game, policy, size, stimulus = args
     root_p = Path(root)
     name = f"play-{seed:04d}"
     bk2 = gameplay.record_play(root_p / "replays" / f"{name}.bk2", n_frames, seed=seed, game=game, policy=policy)
-    # resized while replaying: native frames are never all held
-    rep = gameplay.replay(bk2, size=size, observe=gamestate.Tracker() if observe else None)
-    frames = rep.frames
-    video.FrameStore(root_p / "frames").write(name, frames)
-    extra = {} if rep.observed is None else {"state": rep.observed}
-    np.savez(root_p / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards, **extra)
-    return {"name": name, "n_frames": int(len(frames)), "bk2": f"replays/{name}.bk2"}
+    entry = {"name": name, "n_frames": gameplay.count_frames(bk2), "bk2": f"replays/{name}.bk2"}
+    if stimulus:
+        observe = gamestate.Tracker() if game in gamestate.GAMES else None
+        rep = gameplay.replay(bk2, size=size, observe=observe)  # resized while replaying
+        video.FrameStore(root_p / "frames").write(name, rep.frames)
+        extra = {} if rep.observed is None else {"state": rep.observed}
+        np.savez(root_p / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards, **extra)
+    return entry
 
 
 def prepare(
@@ -216,9 +219,8 @@ def _cneuromod(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str
 
     t0 = time.perf_counter()
     runs, replays, bolds = _cneuromod_plan(loaded, bids_root, d.val_fraction)
-    jobs = [(str(root), r["name"], str(bids_root / r["bk2"]), d.game, d.frame_size) for r in replays]
-    log(f"[gameplay] replaying {len(jobs)} bk2 files in {d.game}")
-    n_frames = dict(map_fn(_replay_stim, jobs))
+    log(f"[gameplay] reading {len(replays)} bk2 files of {d.game} (their frames are regenerated when needed)")
+    n_frames = dict(map_fn(_count_frames, [(r["name"], str(bids_root / r["bk2"])) for r in replays]))
     for r in replays:
         r["n_frames"] = n_frames[r["name"]]
     _place_segments(runs, n_frames, log)
@@ -339,13 +341,10 @@ def _cneuromod_plan(
     return runs, ordered, bolds
 
 
-def _replay_stim(args: tuple[str, str, str, str, int]) -> tuple[str, int]:
-    """Replay one stimulus bk2, resize and store its frames (one task)."""
-    root, name, bk2, game, size = args
-    rep = gameplay.replay(bk2, game=game, size=size)  # names the file if it is missing or corrupt
-    video.FrameStore(Path(root) / "frames").write(name, rep.frames)
-    np.savez(Path(root) / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards)
-    return name, int(len(rep.frames))
+def _count_frames(args: tuple[str, str]) -> tuple[str, int]:
+    """Frames of one replay, from its bk2 (names the file if it is missing or corrupt)."""
+    name, bk2 = args
+    return name, gameplay.count_frames(bk2)
 
 
 def _place_segments(runs: list[dict[str, Any]], n_frames: dict[str, int], log: Log) -> None:
@@ -389,8 +388,8 @@ def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str
         got, rounds, per_play = 0, 0, d.replay_frames
         while got < target:
             n = max(1, -(-(target - got) // per_play))  # a play ends early at game over
-            observe = split == "stim" and d.game in gamestate.GAMES  # the brain reads the stimulus only
-            jobs = [(str(root), seed + i, d.replay_frames, d.game, d.policy, d.frame_size, observe) for i in range(n)]
+            jobs = [(str(root), seed + i, d.replay_frames, d.game, d.policy, d.frame_size, split == "stim")
+                    for i in range(n)]
             seed += n
             t0 = time.perf_counter()
             done = map_fn(_record, jobs)
@@ -402,7 +401,7 @@ def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str
             per_play = max(1, int(np.mean(played)))
             rounds += 1
             log(
-                f"[gameplay] {split}: {len(done)} plays recorded and replayed, {got}/{target} frames "
+                f"[gameplay] {split}: {len(done)} plays recorded, {got}/{target} frames "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
             if rounds > 20:
@@ -465,8 +464,8 @@ def _brain(d: DataSpec, root: Path, runs: list[dict[str, Any]], log: Log) -> Non
 
 
 def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str, Any]], log: Log) -> dict:
-    """Train the VQ-VAE once on clips of the training plays, then tokenize every play."""
-    store = video.FrameStore(root / "frames")
+    """Train the VQ-VAE once on the clips of the training plays, then tokenize every play, all
+    streamed on Ray Data (``brainray.stream``): no training frame is stored."""
     config = vqvae.VQVAEConfig(
         clip_frames=tk.clip_frames,
         frame_size=d.frame_size,
@@ -477,24 +476,21 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
         embedding_dim=tk.embedding_dim,
         lr=tk.lr,
     )
-    span = tk.clip_frames * tk.time_downsample
-
-    def clips_of(name: str) -> np.ndarray:
-        return _clips(store, name, tk.clip_frames, tk.time_downsample)
-
-    train = np.concatenate([clips_of(r["name"]) for r in replays if r["split"] == "train"])
-    log(f"[tokenizer] training VQ-VAE on {len(train)} clips of {span} frames for {tk.steps} steps")
-
-    def progress(step: int, m: dict) -> None:
-        log(f"[tokenizer] step {step}/{tk.steps} " + " ".join(f"{k}={v:.3g}" for k, v in m.items()))
-
-    model, metrics = vqvae.train_vqvae(
-        train, config, steps=tk.steps, batch_size=tk.batch_size, seed=d.seed, progress=progress
-    )
-    vqvae.save_vqvae(model, root / "vqvae.pt")
-    vqvae.save_reconstructions_png(model, train[:: max(1, len(train) // 4)][:4], root / "reconstructions.png")
-    for r in replays:
-        _save_tokens(root, r["name"], vqvae.tokenize(model, clips_of(r["name"])))
+    clips = stream.Clips(d.frame_size, tk.clip_frames, tk.time_downsample)
+    plays = _plays(root, d, replays)
+    train = [p for p, r in zip(plays, replays) if r["split"] == "train"]
+    with stream.ray_session():
+        base = stream.training_clips(train, clips, tk.cache_mb * 2**20, log)
+        model, metrics, examples = stream.train_tokenizer(
+            base, sum(p["n_frames"] // clips.span for p in train), clips, config, tk.steps, tk.batch_size,
+            d.seed, root / CHECKPOINT, log,
+        )
+        vqvae.save_vqvae(model, root / "vqvae.pt")
+        vqvae.save_reconstructions_png(model, examples, root / "reconstructions.png")
+        rest = [p for p, r in zip(plays, replays) if r["split"] != "train"]
+        stream.write_tokens(base.union(stream.clip_stream(rest, clips)) if rest else base, train + rest,
+                            root / "vqvae.pt", functools.partial(_save_tokens, root), config.latent_shape, log)
+    (root / CHECKPOINT).unlink(missing_ok=True)
     log(
         f"[tokenizer] PSNR {metrics['psnr']:.1f} dB (mean frame {metrics['psnr_baseline']:.1f} dB; sprites "
         f"{metrics['psnr_foreground']:.1f} dB, mean frame {metrics['psnr_foreground_baseline']:.1f} dB), perplexity "
@@ -508,11 +504,16 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
     }
 
 
-def _clips(store: video.FrameStore, name: str, clip_frames: int, time_downsample: int) -> np.ndarray:
-    """The clips of one play that the tokenizer codes."""
-    frames = store.open(name)
-    starts = video.clip_starts(len(frames), clip_frames, time_downsample)
-    return video.get_clips(frames, starts, clip_frames, time_downsample)
+def _plays(root: Path, d: DataSpec, replays: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the streams need of each replay: its bk2 (under the BIDS root for cneuromod), and its
+    frame store where its frames are kept (simulated stimulus plays)."""
+    store = video.FrameStore(root / "frames")
+    bk2_root = Path(d.bids_root) if d.source == "cneuromod" else root
+    return [
+        {"name": r["name"], "bk2": str(bk2_root / r["bk2"]), "game": d.game, "n_frames": int(r["n_frames"]),
+         "frames": str(store.root) if r["name"] in store else ""}
+        for r in replays
+    ]
 
 
 def _save_tokens(root: Path, name: str, codes: np.ndarray) -> None:
@@ -525,10 +526,13 @@ def _save_tokens(root: Path, name: str, codes: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _retokenize(root: Path, tokenizer: dict[str, Any], names: list[str]) -> None:
-    """Code the plays ``names`` again with the dataset's own VQ-VAE: the tokens they had."""
-    model = vqvae.load_vqvae(root / "vqvae.pt")
-    store = video.FrameStore(root / "frames")
-    for name in names:
-        _save_tokens(root, name, vqvae.tokenize(model, _clips(store, name, tokenizer["clip_frames"],
-                                                                tokenizer["time_downsample"])))
+def _retokenize(root: Path, manifest: dict[str, Any], names: list[str], log: Log) -> None:
+    """Code the plays ``names`` again with the dataset's own VQ-VAE (the tokens they had),
+    regenerating their frames from their bk2."""
+    d, tk = DataSpec(**manifest["data"]), manifest["tokenizer"]
+    wanted = set(names)
+    plays = [p for p in _plays(root, d, manifest["replays"]) if p["name"] in wanted]
+    clips = stream.Clips(d.frame_size, tk["clip_frames"], tk["time_downsample"])
+    with stream.ray_session():
+        stream.write_tokens(stream.clip_stream(plays, clips), plays, root / "vqvae.pt",
+                            functools.partial(_save_tokens, root), tuple(tk["latent_shape"]), log)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -378,3 +378,24 @@ def get_clips(
             "take starts from clip_starts(len(frames), ...)."
         )
     return np.asarray(frames[idx.reshape(-1)]).reshape(*idx.shape, *frames.shape[1:])
+
+
+def iter_clips(pieces: Iterable[np.ndarray], clip_frames: int, time_downsample: int) -> Iterator[np.ndarray]:
+    """The clips of a play whose 60 Hz frames arrive in pieces, in order (a stream).
+
+    Yields ``get_clips(frames, clip_starts(len(frames), clip_frames, time_downsample), ...)``
+    of the whole play, one (clip_frames, h, w, 3) clip at a time, while holding only the
+    sampled frames of the clip being filled.
+    """
+    span = int(clip_frames) * int(time_downsample)
+    sampled: list[np.ndarray] = []
+    seen = 0  # raw frames before the current piece
+    for piece in pieces:
+        for j in range(len(piece)):
+            i = seen + j
+            if i % time_downsample == 0:
+                sampled.append(piece[j])
+            if (i + 1) % span == 0:  # the clip that started at i + 1 - span is complete
+                yield np.stack(sampled)
+                sampled = []
+        seen += len(piece)

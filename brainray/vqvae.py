@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -615,7 +615,7 @@ def _reconstruct_batch(model: VQVAE, clips: np.ndarray) -> tuple[torch.Tensor, t
 
 
 @torch.inference_mode()
-def _evaluate(model: VQVAE, clips: np.ndarray, batch_size: int) -> dict[str, float]:
+def evaluate(model: VQVAE, clips: np.ndarray, batch_size: int) -> dict[str, float]:
     """Reconstruction and code-usage metrics of a model in eval mode over clips (n, T, H, W, 3)."""
     dev = _model_device(model)
     sq_err = 0.0
@@ -725,18 +725,47 @@ def train_vqvae(
     order = rng.permutation(len(clips))
     n_held = min(holdout, len(clips) // 10)
     held, train = np.sort(order[:n_held]), order[n_held:]
-    model = VQVAE(config).to(dev).train()
-    mean, variance = _frame_stats(clips, train, dev)
-    model.mean_frame.copy_(mean)
+    chunks = (clips[np.sort(train[i : i + 256])] for i in range(0, len(train), 256))
+    model, optimizer = start_training(config, frame_stats(chunks), dev)
+
+    def batches() -> Iterator[np.ndarray]:
+        while True:
+            yield clips[np.sort(train[rng.integers(0, len(train), size=batch_size)])]
+
+    fit_steps(model, optimizer, batches(), 1, steps, progress)
+    model.eval()
+    evaluated = held if n_held else np.sort(train[:1024])
+    metrics = evaluate(model, clips[evaluated], batch_size=max(batch_size, 16))
+    metrics.update(eval_clips=len(evaluated), heldout=bool(n_held), steps=steps, wall_s=time.perf_counter() - t0)
+    return model, metrics
+
+
+def start_training(config: VQVAEConfig, stats: tuple[torch.Tensor, float], device: torch.device) -> tuple[VQVAE, torch.optim.Adam]:
+    """A fresh model (the torch RNG seeds it) that knows its data's mean frame and variance, and its optimiser."""
+    model = VQVAE(config).to(device).train()
+    mean, variance = stats
+    model.mean_frame.copy_(mean.to(device))
     model.data_variance.fill_(max(variance, 1e-6))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
-    every = max(1, round(steps / 10))
+    return model, torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+
+
+def fit_steps(
+    model: VQVAE, optimizer: torch.optim.Optimizer, batches: Iterable[np.ndarray], first: int, last: int,
+    progress: Callable[[int, dict], None] | None = None, after_step: Callable[[int], None] | None = None,
+) -> None:
+    """Optimiser steps ``first..last`` on uint8 clip batches, in order (one batch per step).
+
+    Both tokenizer paths run this loop: in memory (:func:`train_vqvae`) and from a stream of
+    replays (``brainray.stream``). ``progress`` gets the training means about every 10 % of
+    the steps; ``after_step(step)`` runs after each one (the stream checkpoints there).
+    """
+    dev = _model_device(model)
+    every = max(1, round(last / 10))
     keys = ("loss", "recon_loss", "commitment_loss", "perplexity")
     running = dict.fromkeys(keys, 0.0)
     n_running = 0
-    for step in range(1, steps + 1):
-        idx = np.sort(train[rng.integers(0, len(train), size=batch_size)])
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(clips[idx])).to(dev))  # (B, 3, T, H, W)
+    for step, clips in zip(range(first, last + 1), batches):
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(clips)).to(dev))  # (B, 3, T, H, W)
         out = model(x)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -745,28 +774,28 @@ def train_vqvae(
             for k in keys:
                 running[k] += float(out[k].detach())
             n_running += 1
-            if step % every == 0 or step == steps:
+            if step % every == 0 or step == last:
                 progress(step, {k: v / n_running for k, v in running.items()})
                 running, n_running = dict.fromkeys(keys, 0.0), 0
-    model.eval()
-    evaluated = held if n_held else np.sort(train[:1024])
-    metrics = _evaluate(model, clips[evaluated], batch_size=max(batch_size, 16))
-    metrics.update(eval_clips=len(evaluated), heldout=bool(n_held), steps=steps, wall_s=time.perf_counter() - t0)
-    return model, metrics
+        if after_step is not None:
+            after_step(step)
 
 
-def _frame_stats(clips: np.ndarray, rows: np.ndarray, dev: torch.device, chunk: int = 256) -> tuple[torch.Tensor, float]:
-    """Mean preprocessed frame of ``clips[rows]`` (1, 3, 1, H, W) and the pixels' variance
-    around it (a float); the clips are read in chunks, twice."""
-    def batches():
-        for i in range(0, len(rows), chunk):
-            yield preprocess(torch.from_numpy(np.ascontiguousarray(clips[np.sort(rows[i : i + chunk])])).to(dev)).double()
-
-    n = max(1, len(rows) * clips.shape[1])
-    mean = sum(x.sum(dim=(0, 2)) for x in batches()) / n  # (3, H, W)
-    mean = mean[None, :, None]
-    sq = sum(float(((x - mean) ** 2).sum()) for x in batches())
-    return mean.float(), sq / (n * 3 * clips.shape[2] * clips.shape[3])
+def frame_stats(chunks: Iterable[np.ndarray]) -> tuple[torch.Tensor, float]:
+    """Mean preprocessed frame (1, 3, 1, H, W) of uint8 clips that arrive in chunks, and the
+    pixels' variance around it (a float): one pass, in float64."""
+    total = squares = None
+    n = 0
+    for chunk in chunks:
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(chunk))).double()  # (B, 3, T, H, W)
+        s, q = x.sum(dim=(0, 2)), (x**2).sum(dim=(0, 2))
+        total, squares = (s, q) if total is None else (total + s, squares + q)
+        n += x.shape[0] * x.shape[2]
+    if total is None:
+        raise ValueError("frame_stats got no clips.")
+    mean = total / n  # (3, H, W)
+    variance = float((squares / n - mean**2).mean())
+    return mean[None, :, None].float(), variance
 
 
 def tokenize(model: VQVAE, clips: np.ndarray, batch_size: int = 64, device: str = "auto") -> np.ndarray:

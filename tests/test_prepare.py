@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from bids_tree import SUB, TR, bk2_path, build_tree
-from brainray import gameplay, trial, video
+from brainray import gameplay, trial, video, vqvae
 from brainray.config import SpecError, SweepSpec, load_spec
 from brainray.prepare import REPLAY_ORDER, Dataset, SubjectBold, load_dataset, prepare
 
@@ -123,14 +123,18 @@ def test_manifest_replays_frames_and_tokens(prepared):
     train = prepared.replays("train")
     assert [r["name"] for r in train] == [r["name"] for r in replays if r["split"] == "train"]
     assert prepared.train_frames == PLAY * len(train)
-    store = video.FrameStore(prepared.root / "frames")
     n_clips = len(video.clip_starts(PLAY, 8, 4))
+    model = vqvae.load_vqvae(prepared.root / "vqvae.pt")
     for r in replays:
-        assert r["n_frames"] == PLAY and store.n_frames(r["name"]) == PLAY
-        assert (Path(prepared.manifest["data"]["bids_root"]) / r["bk2"]).is_file()
+        assert r["n_frames"] == PLAY
+        assert not (prepared.root / "frames" / f"{r['name']}.u8").exists()  # the brain is measured: no frames kept
+        bk2 = Path(prepared.manifest["data"]["bids_root"]) / r["bk2"]
         codes = prepared.tokens(r["name"])
         assert codes.shape == (n_clips, *prepared.latent_shape)
         assert codes.max() < 32
+        # the streamed tokens are those of the frames the bk2 replays to
+        frames = gameplay.replay(bk2, GAME, size=prepared.manifest["frame_size"]).frames
+        assert np.array_equal(codes, vqvae.tokenize(model, video.get_clips(frames, video.clip_starts(PLAY, 8, 4), 8, 4)))
 
 
 def test_subject_bold_has_no_ceiling(prepared):
@@ -266,7 +270,8 @@ def test_missing_token_files_are_tokenized_again(copied, tiny_dataset, smoke_spe
     logs: list[str] = []
     ds = prepare(smoke_spec, copied, log=logs.append)
     assert "is incomplete: 2 file(s)" in logs[0] and "tokenizing them again" in logs[0]
-    assert len(logs) == 1  # only that stage: not played, simulated or trained again
+    # only that stage: not played, simulated or trained again
+    assert all(line.startswith("[tokenizer] tokeniz") for line in logs[1:]), logs
     assert (copied / "vqvae.pt").stat().st_mtime_ns == vqvae_mtime
     for name in ("play-0001", "play-0005"):
         assert np.array_equal(ds.tokens(name), tiny_dataset.tokens(name))  # the codes they had
