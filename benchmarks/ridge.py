@@ -19,6 +19,11 @@ refitted models. Everything runs on CPU with the same thread count.
   also timed against the unscaled sklearn loop (first ``--unscaled-folds`` folds,
   extrapolated) and checked against our per-fold path.
 
+- solvers: ours with the tridiagonal reduction (``solver="tridiagonal"``, the CPU default)
+  against one eigendecomposition per fold (``solver="primal"``), fitted alternately
+  ``--repeats`` times each; the tridiagonal path is kept only while it is >= 1.3x faster.
+  ``--solvers-only`` runs just this comparison and writes ``ridge_solvers.json``.
+
 Usage: ``python benchmarks/ridge.py --scale paper`` (or ``small``); writes
 ``results/benchmarks/ridge.json``. On a shared machine add ``--wait-load 1.3`` to start
 only once the 1-minute load average is below 1.3 (the load before and after every timed
@@ -120,6 +125,33 @@ def _fit_ours(Xtr, Ytr, gtr, alphas, device: str = "cpu", **kw) -> tuple[RidgeEn
     return enc, time.perf_counter() - t0
 
 
+def compare_solvers(Xtr, Ytr, gtr, alphas, repeats: int, device: str = "cpu") -> dict:
+    """Whole fits of ours per solver, alternating (the machine is shared); medians and ratio."""
+    runs: dict[str, list[float]] = {"tridiagonal": [], "primal": []}
+    fits: dict[str, RidgeEncoder] = {}
+    for i in range(repeats):
+        for solver in sorted(runs, reverse=i % 2 == 0):  # tridiagonal first on even rounds
+            fits[solver], s = _fit_ours(Xtr, Ytr, gtr, alphas, device, solver=solver)
+            runs[solver].append(s)
+            print(f"ours float32, solver {solver}: {s:.1f} s", flush=True)
+    median = {k: float(np.median(v)) for k, v in runs.items()}
+    tri, eig = fits["tridiagonal"], fits["primal"]
+    paired = [e / t for e, t in zip(runs["primal"], runs["tridiagonal"])]  # same round, same load
+    return {
+        "runs_s": {k: [round(s, 3) for s in v] for k, v in runs.items()},
+        "median_s": {k: round(v, 3) for k, v in median.items()},
+        "speedup_tridiagonal_vs_eigh_per_fold": {
+            "median": round(median["primal"] / median["tridiagonal"], 3),
+            "worst": round(min(runs["primal"]) / max(runs["tridiagonal"]), 3),
+            "best": round(max(runs["primal"]) / min(runs["tridiagonal"]), 3),
+            "paired": [round(r, 3) for r in paired], "paired_median": round(float(np.median(paired)), 3)},
+        "keep_threshold": 1.3,
+        "alphas_equal_frac": float(np.mean(tri.alpha_ == eig.alpha_)),
+        "max_rel_diff_cv_mse": float(np.max(np.abs(tri.cv_scores_ - eig.cv_scores_)
+                                            / np.abs(eig.cv_scores_))),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="paper")
@@ -130,6 +162,9 @@ def main() -> None:
                         help="fits of ours (float32), interleaved around the baselines")
     parser.add_argument("--sklearn-budget-s", type=float, default=900.0)
     parser.add_argument("--no-himalaya", action="store_true")
+    parser.add_argument("--solvers-only", action="store_true",
+                        help="time only ours per solver (tridiagonal vs one eigh per fold), "
+                             "no baselines; writes results/benchmarks/ridge_solvers.json")
     parser.add_argument("--unscaled-folds", type=int, default=2,
                         help="folds of the unscaled sklearn loop to time (extrapolated)")
     parser.add_argument("--device", default="cpu",
@@ -198,6 +233,14 @@ def main() -> None:
     with threadpool_limits(args.threads):
         if args.device != "cpu":  # CUDA context and solver libraries load outside the timing
             _fit_ours(Xtr[:1000], Ytr[:1000], gtr[:1000], alphas, args.device)
+        if args.solvers_only:
+            result["solvers"] = compare_solvers(Xtr, Ytr, gtr, alphas, args.repeats, args.device)
+            result["load_avg_end"] = os.getloadavg()
+            out = Path(args.out or "results/benchmarks/ridge_solvers.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps(result["solvers"], indent=2))
+            return
         ours = {"float32": ours_once("before sklearn")}
 
         t0 = time.perf_counter()
@@ -263,6 +306,8 @@ def main() -> None:
                                        + sk_ns["refit_s"] + delay_s)
         print(f"sklearn unscaled loop (extrapolated from {args.unscaled_folds} folds): "
               f"{times['sklearn_unscaled_s']:.1f} s", flush=True)
+        if args.device == "cpu":
+            result["solvers"] = compare_solvers(Xtr, Ytr, gtr, alphas, args.repeats)
 
     result["load_avg_end"] = os.getloadavg()
     result["load_1min_before_after"] = loads

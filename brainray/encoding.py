@@ -24,12 +24,20 @@ reduction X_s^T X_s = Q T Q^T with T tridiagonal (LAPACK sytrd, about 1/3 of eig
 time) gives (X_s^T X_s + alpha I)^{-1} = Q (T + alpha I)^{-1} Q^T, and the tridiagonal
 solve costs O(p) per column; the solves of all alphas run as one vectorised sweep. At
 the paper's scale (6000 TRs, 2048 delayed features, 1095 parcels, 11 alphas, 1 thread)
-a fit takes ~13-14 s on a shared 2-core EPYC, vs ~20 s with eigh (benchmarks/ridge.py).
+a whole fit is 1.7-1.9x faster than with one eigh per fold (solver 'primal'), fitted in
+alternation on a shared 2-core EPYC (``benchmarks/ridge.py --solvers-only``,
+results/benchmarks/ridge_solvers.json); the path is kept while that is >= 1.3x.
 
 Without per-fold scaling (``standardize=False``) there is a faster exact path: one
 eigendecomposition of all the data, and the held-out residuals of each run k from the
 block hat matrix, e_k = (I - H_kk)^{-1} (y_k - yhat_k) (solver 'hat'). Per-fold scaling
 changes the model in every fold, so the default (standardize=True) cannot use it.
+
+Layout, as himalaya's: the solvers are plain functions registered by name in
+``RIDGE_SOLVERS`` (each factors one fold's standardised training data); the
+cross-validation around them is plain functions too (``_problem``, ``_training_part``,
+``_cv_mse_per_fold``, ``_hat_cv_mse``, ``_weights``); the estimator ``RidgeEncoder``
+checks its parameters and data, picks the device and a solver per fold, and calls them.
 
 References: the seed paper's encoding (Ahmadi et al. 2024, arXiv 2410.19810; FIR delays
 1-4 TRs, RidgeCV grid below) and himalaya (Dupre la Tour et al. 2022) for the solver
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -395,11 +404,15 @@ def summarize_families(r: Any, families: Any, ceiling: Any = None) -> dict[str, 
 
 
 # -------------------------------------------------------------------------- solvers
-# A solver factors the standardised training data once so that, for any alpha,
+# A solver is a plain function, registered by name in RIDGE_SOLVERS (as himalaya's
+# solve_ridge_* functions are), that factors the standardised training data of one fold
+# once so that, for any alpha,
 #     W(alpha) = unrotate(shrink(B, alpha)),   W of shape (p, n_targets),
 # with B = rotate(X^T Y) and validation predictions shrink(rotate(X_val^T), alpha)^T @ B.
-# Inputs: X (n, p) standardised (may be None when gram and cross are given), Y (n, t)
-# centred, gram = X^T X (p, p), cross = X^T Y (p, t).
+# Signature: solve(X, Y, gram=None, cross=None) -> factors, with X (n, p) standardised, Y
+# (n, t) centred, gram = X^T X (p, p), cross = X^T Y (p, t). The gram-form solvers
+# (_GRAM_FORM) are given gram and cross (X and Y None), downdated from the full data's;
+# any other is given the rows X and Y.
 
 class _Eigen:
     """W(alpha) = left diag(1 / (lam + alpha)) B, from an eigendecomposition."""
@@ -585,6 +598,7 @@ def _solve_tridiagonal(X: torch.Tensor | None, Y: torch.Tensor | None,
 
 RIDGE_SOLVERS = {"primal": _solve_primal, "dual": _solve_dual,
                  "tridiagonal": _solve_tridiagonal}
+_GRAM_FORM = ("primal", "tridiagonal")  # factor a fold's (p, p) gram, downdated from the full one
 _CPU_ONLY_SOLVERS = ("tridiagonal",)
 
 
@@ -649,6 +663,118 @@ def _is_constant(var: torch.Tensor, mean: torch.Tensor, n: int) -> torch.Tensor:
     """Zero-variance test of sklearn's StandardScaler (_is_constant_feature)."""
     eps = torch.finfo(var.dtype).eps
     return var <= n * eps * var + (n * mean.abs() * eps) ** 2
+
+
+# ------------------------------------------------------------------ cross-validation
+# Plain functions between the estimator and the solvers: the fit's data on the solver's
+# device, each fold's standardised training part factored by a solver of RIDGE_SOLVERS,
+# the validation MSE of every alpha, and the refit with each target's alpha.
+
+@dataclass
+class _Problem:
+    """One fit's data on the solver's device.
+
+    X (n, p) and Y (n, t) are centred on all samples in float64 before the cast, so the
+    per-fold sums below stay accurate; ``x_mean`` (p,) is the mean taken off X (for the
+    constant-feature test). With ``downdate`` (a gram-form solver in some fold) ``held``
+    has each validation part's gram and X^T Y; the parts partition the samples, so these
+    sum to the full ``gram`` and ``cross``, and a fold's are the full ones minus its own.
+    """
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    x_mean: torch.Tensor
+    x_mean0: np.ndarray  # (p,) the same in float64, and Y's (t,), for the intercept
+    y_mean0: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    standardize: bool
+    held: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    gram: torch.Tensor | None = None  # (p, p)
+    cross: torch.Tensor | None = None  # (p, t)
+    sum_x: torch.Tensor | None = None  # (p,)
+    sum_y: torch.Tensor | None = None  # (t,)
+
+
+def _problem(Xd: np.ndarray, Y: np.ndarray, folds: list, standardize: bool, dtype: torch.dtype,
+             device: torch.device, downdate: bool) -> _Problem:
+    x_mean, y_mean = Xd.mean(0), Y.mean(0)
+    pb = _Problem(X=torch.as_tensor(Xd - x_mean, dtype=dtype, device=device),
+                  Y=torch.as_tensor(Y - y_mean, dtype=dtype, device=device),
+                  x_mean=torch.as_tensor(x_mean, dtype=dtype, device=device),
+                  x_mean0=x_mean, y_mean0=y_mean, folds=folds, standardize=standardize)
+    if downdate:
+        assert sum(len(va) for _, va in folds) == len(Xd)
+        pb.held = [(_gram(pb.X[va]), _matmul(pb.X[va].T, pb.Y[va])) for _, va in folds]
+        pb.gram, pb.cross = sum(g for g, _ in pb.held), sum(c for _, c in pb.held)
+        pb.sum_x, pb.sum_y = pb.X.sum(0), pb.Y.sum(0)
+    return pb
+
+
+def _scale(pb: _Problem, var: torch.Tensor, m: torch.Tensor, n_t: int) -> torch.Tensor:
+    """Per-feature scale of a training part: its standard deviation (1 for a constant
+    feature, as StandardScaler), or 1 everywhere without ``standardize``."""
+    if not pb.standardize:
+        return torch.ones_like(var)
+    keep = ~_is_constant(var, m + pb.x_mean, n_t)
+    return torch.where(keep, var.clamp_min(0).sqrt(), torch.ones_like(var))
+
+
+def _training_part(pb: _Problem, name: str, f: int | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """Mean m (p,), y-mean my (t,) and scale s (p,) of the training part of fold ``f``
+    (None: all samples, the refit), and solver ``name``'s factors of it, standardised.
+
+    The kernel form ("dual") takes the part's rows; the gram form takes its gram and X^T Y,
+    downdated from the full ones and centred and scaled in place (they are temporaries)."""
+    n = pb.X.shape[0]
+    train, val = (np.arange(n), None) if f is None else pb.folds[f]
+    if name not in _GRAM_FORM:
+        Xt, Yt = pb.X[train], pb.Y[train]
+        m, my = Xt.mean(0), Yt.mean(0)
+        s = _scale(pb, Xt.var(0, correction=0), m, len(train))
+        return m, my, s, RIDGE_SOLVERS[name]((Xt - m) / s, Yt - my)
+    n_t, g, c, sx, sy = n, pb.gram, pb.cross, pb.sum_x, pb.sum_y
+    own = val is not None  # g and c are temporaries of this fold
+    if own:
+        n_t = n - len(val)
+        g, c = pb.gram - pb.held[f][0], pb.cross - pb.held[f][1]
+        sx, sy = pb.sum_x - pb.X[val].sum(0), pb.sum_y - pb.Y[val].sum(0)
+    m, my = sx / n_t, sy / n_t
+    C = g.addr_(m, m, alpha=-n_t) if own else g.addr(m, m, alpha=-n_t)  # centred training gram
+    s = _scale(pb, torch.diagonal(C) / n_t, m, n_t)
+    Rs = (c.addr_(m, my, alpha=-n_t) if own else c.addr(m, my, alpha=-n_t)).div_(s[:, None])
+    C.div_(s[:, None]).div_(s)  # standardised; the solver may overwrite it
+    kw = {"overwrite_gram": True} if name == "tridiagonal" else {}
+    return m, my, s, RIDGE_SOLVERS[name](None, None, gram=C, cross=Rs, **kw)
+
+
+def _cv_mse_per_fold(pb: _Problem, names: list[str], alphas: np.ndarray,
+                     chunk: int) -> torch.Tensor:
+    """Validation MSE of every fold, alpha and target: (n_folds, n_alphas, n_targets); fold f
+    factored by solver ``names[f]``, all alphas from that one factorisation."""
+    t = pb.Y.shape[1]
+    mse = torch.zeros((len(pb.folds), len(alphas), t), dtype=pb.X.dtype, device=pb.X.device)
+    for f, (_, val) in enumerate(pb.folds):
+        m, my, s, fac = _training_part(pb, names[f], f)
+        Sv = fac.rotate(((pb.X[val] - m) / s).T)  # (r, n_val)
+        Yv = pb.Y[val] - my  # (n_val, t)
+        # all alphas' (lam + alpha)^{-1} or (T + alpha I)^{-1} on Sv in one call
+        for k, Sk in enumerate(fac.shrink_many(Sv, alphas.tolist())):
+            Sa = Sk.T  # (n_val, r)
+            for c0 in range(0, t, chunk):
+                cols = slice(c0, c0 + chunk)
+                P = _matmul(Sa, fac.B[:, cols])  # (n_val, chunk)
+                mse[f, k, cols] = ((Yv[:, cols] - P) ** 2).mean(0)
+    return mse
+
+
+def _weights(fac: Any, best: torch.Tensor, alphas: np.ndarray) -> torch.Tensor:
+    """W (p, t) of the factored data, target j with penalty alphas[best[j]]."""
+    Z = torch.empty_like(fac.B)
+    for k in torch.unique(best).tolist():
+        cols = best == k
+        Z[:, cols] = fac.shrink(fac.B[:, cols], float(alphas[k]))
+    return fac.unrotate(Z)
 
 
 # ---------------------------------------------------------------------- estimator
@@ -781,6 +907,31 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             return "dual"
         return "tridiagonal" if device.type == "cpu" else "primal"
 
+    def _uses_hat(self, folds: list, n_samples: int, n_features: int) -> bool:
+        return self.solver == "hat" or (self.solver == "auto" and not self.standardize and max(
+            len(va) for _, va in folds) <= min(n_samples, n_features))
+
+    def _check_fit_data(self, X: Any, y: Any, groups: Any
+                        ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray | None]:
+        """X (n, p) and Y (n, t) as float64, whether y was 1-D, and the checked groups."""
+        X = self._validate_X(X, reset=True)
+        Y, y_1d = _as_2d_float(y, "y", allow_1d=True)
+        n = X.shape[0]
+        if Y.shape[0] != n:
+            raise ValueError(f"X and y must have the same number of samples; got X with "
+                             f"{n} and y with {Y.shape[0]}.")
+        if n < 2:
+            raise ValueError(f"X has {n} sample(s); RidgeEncoder needs at least 2 samples "
+                             f"(n_samples = {n}) to cross-validate.")
+        if groups is not None:
+            groups = _check_groups(groups, n)
+        const = np.flatnonzero(np.ptp(Y, axis=0) == 0)
+        if const.size:
+            raise ValueError(f"y has {const.size} constant target(s) (columns "
+                             f"{const[:10].tolist()}); Pearson r is undefined for them. "
+                             f"Drop them before fitting.")
+        return X, Y, y_1d, groups
+
     # -- API
     def fit(self, X: Any, y: Any, groups: Any = None) -> RidgeEncoder:
         """Choose alpha per target by CV over groups, then refit on all samples.
@@ -799,119 +950,37 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         self : RidgeEncoder
         """
         alphas, delays, tdtype = self._check_params()
-        X = self._validate_X(X, reset=True)
-        Y, y_1d = _as_2d_float(y, "y", allow_1d=True)
-        n = X.shape[0]
-        if Y.shape[0] != n:
-            raise ValueError(f"X and y must have the same number of samples; got X with "
-                             f"{n} and y with {Y.shape[0]}.")
-        if n < 2:
-            raise ValueError(f"X has {n} sample(s); RidgeEncoder needs at least 2 samples "
-                             f"(n_samples = {n}) to cross-validate.")
-        if groups is not None:
-            groups = _check_groups(groups, n)
-        const = np.flatnonzero(np.ptp(Y, axis=0) == 0)
-        if const.size:
-            raise ValueError(f"y has {const.size} constant target(s) (columns "
-                             f"{const[:10].tolist()}); Pearson r is undefined for them. "
-                             f"Drop them before fitting.")
-        folds = _make_folds(self.cv, groups, n)
-
+        X, Y, y_1d, groups = self._check_fit_data(X, y, groups)
+        folds = _make_folds(self.cv, groups, X.shape[0])
         device = pick_device(self.device)  # device chosen once, here
         if self.solver in _CPU_ONLY_SOLVERS and device.type != "cpu":
             raise ValueError(f"solver={self.solver!r} runs on CPU only; got device "
                              f"{str(device)!r}. Use solver='auto' or device='cpu'.")
         Xd = self._delayed(X, groups, delays)
-        x_mean0, y_mean0 = Xd.mean(0), Y.mean(0)  # global centring in float64 keeps the
-        Xc = torch.as_tensor(Xd - x_mean0, dtype=tdtype, device=device)  # per-fold
-        Yc = torch.as_tensor(Y - y_mean0, dtype=tdtype, device=device)  # sums accurate
-        p = Xc.shape[1]
-        x_mean0_t = torch.as_tensor(x_mean0, dtype=tdtype, device=device)
-        alphas_t = torch.as_tensor(alphas, dtype=tdtype, device=device)
+        (n, p), t = Xd.shape, Y.shape[1]
         names = [self._pick_solver(len(tr), p, device) for tr, _ in folds] + [
-            self._pick_solver(n, p, device)]
-        use_hat = self.solver == "hat" or (
-            self.solver == "auto" and not self.standardize
-            and max(len(va) for _, va in folds) <= min(n, p))
-        if set(names) != {"dual"} and not use_hat:
-            # The validation parts partition the samples, so their grams and X^T Y sum to
-            # the full ones, and a fold's are the full ones minus its own.
-            assert sum(len(va) for _, va in folds) == n
-            held = [(_gram(Xc[va]), _matmul(Xc[va].T, Yc[va])) for _, va in folds]
-            gram, cross = sum(g for g, _ in held), sum(c for _, c in held)  # (p, p), (p, t)
-            sum_x, sum_y = Xc.sum(0), Yc.sum(0)
-
-        def scale(var: torch.Tensor, m: torch.Tensor, n_t: int) -> torch.Tensor:
-            if not self.standardize:
-                return torch.ones_like(var)
-            keep = ~_is_constant(var, m + x_mean0_t, n_t)
-            return torch.where(keep, var.clamp_min(0).sqrt(), torch.ones_like(var))
-
-        def factor(name: str, f: int | None):
-            """Training-part mean m, y-mean my, scale s and the solver's factors, for fold
-            f (None: all samples, the refit)."""
-            train, val = (np.arange(n), None) if f is None else folds[f]
-            if name == "dual":
-                Xt, Yt = Xc[train], Yc[train]
-                m, my = Xt.mean(0), Yt.mean(0)
-                s = scale(Xt.var(0, correction=0), m, len(train))
-                return m, my, s, RIDGE_SOLVERS[name]((Xt - m) / s, Yt - my)
-            n_t, g, c, sx, sy = n, gram, cross, sum_x, sum_y
-            if val is not None:
-                Xv, Yv = Xc[val], Yc[val]
-                n_t = n - len(val)
-                g, c = gram - held[f][0], cross - held[f][1]
-                sx, sy = sum_x - Xv.sum(0), sum_y - Yv.sum(0)
-            m, my = sx / n_t, sy / n_t
-            own = val is not None  # g and c are temporaries of this fold
-            C = g.addr_(m, m, alpha=-n_t) if own else g.addr(m, m, alpha=-n_t)
-            s = scale(torch.diagonal(C) / n_t, m, n_t)  # C: centred training gram
-            Rs = (c.addr_(m, my, alpha=-n_t) if own else c.addr(m, my, alpha=-n_t)
-                  ).div_(s[:, None])
-            C.div_(s[:, None]).div_(s)  # standardised; the solver may overwrite it
-            kw = {"overwrite_gram": True} if name == "tridiagonal" else {}
-            return m, my, s, RIDGE_SOLVERS[name](None, None, gram=C, cross=Rs, **kw)
-
-        t = Yc.shape[1]
+            self._pick_solver(n, p, device)]  # per fold, and for the refit
+        use_hat = self._uses_hat(folds, n, p)
+        pb = _problem(Xd, Y, folds, self.standardize, tdtype, device,
+                      downdate=not use_hat and any(name in _GRAM_FORM for name in names))
         chunk = t if self.target_chunk is None else int(self.target_chunk)
-        if use_hat:
+        if use_hat:  # X and Y are centred on all samples, and not scaled
             kind = "dual" if names[-1] == "dual" else "primal"  # gram form for the hat
-            mse, full = _hat_cv_mse(Xc, Yc, folds, alphas_t, chunk, kind)
+            mse, fac = _hat_cv_mse(pb.X, pb.Y, folds, torch.as_tensor(
+                alphas, dtype=tdtype, device=device), chunk, kind)
+            m, my, s = pb.X.new_zeros(p), pb.Y.new_zeros(t), pb.X.new_ones(p)
         else:
-            mse = torch.zeros((len(folds), len(alphas), t), dtype=tdtype, device=device)
-        for f, (train, val) in enumerate([] if use_hat else folds):
-            m, my, s, fac = factor(names[f], f)
-            Sv = fac.rotate(((Xc[val] - m) / s).T)  # (r, n_val)
-            Yv = Yc[val] - my  # (n_val, t)
-            # all alphas' (lam + alpha)^{-1} or (T + alpha I)^{-1} on Sv in one call
-            for k, Sk in enumerate(fac.shrink_many(Sv, alphas.tolist())):
-                Sa = Sk.T  # (n_val, r)
-                for c0 in range(0, t, chunk):
-                    cols = slice(c0, c0 + chunk)
-                    P = _matmul(Sa, fac.B[:, cols])  # (n_val, chunk)
-                    mse[f, k, cols] = ((Yv[:, cols] - P) ** 2).mean(0)
+            mse = _cv_mse_per_fold(pb, names[:-1], alphas, chunk)
+            m, my, s, fac = _training_part(pb, names[-1], None)  # all samples, for the refit
         mean_mse = mse.mean(0)  # (n_alphas, t): mean over folds, as GridSearchCV
         best = torch.argmin(mean_mse, dim=0)  # first minimum on ties
-
-        # refit on all samples with each target's alpha
-        name = names[-1]
-        if use_hat:  # Xc and Yc are already centred on all samples; no scaling
-            m, my, s = Xc.new_zeros(p), Yc.new_zeros(Yc.shape[1]), Xc.new_ones(p)
-            fac = full
-        else:
-            m, my, s, fac = factor(name, None)
-        Z = torch.empty_like(fac.B)
-        for k in torch.unique(best).tolist():
-            cols = best == k
-            Z[:, cols] = fac.shrink(fac.B[:, cols], float(alphas[k]))
-        W = fac.unrotate(Z)  # (p, t)
+        W = _weights(fac, best, alphas)  # (p, t) on the standardised features
         coef = (W / s[:, None]).T.cpu().double().numpy()  # (t, p) on raw features
-        intercept = y_mean0 + my.cpu().double().numpy() - coef @ (
-            x_mean0 + m.cpu().double().numpy())
+        intercept = pb.y_mean0 + my.cpu().double().numpy() - coef @ (
+            pb.x_mean0 + m.cpu().double().numpy())
 
         np_dtype = np.float32 if tdtype == torch.float32 else np.float64
-        best_np = best.cpu().numpy()
-        self.alpha_ = alphas[best_np]
+        self.alpha_ = alphas[best.cpu().numpy()]
         self.coef_ = coef.astype(np_dtype)
         self.intercept_ = intercept.astype(np_dtype)
         self.cv_scores_ = -mean_mse.cpu().double().numpy()
@@ -921,7 +990,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             self.intercept_ = float(self.intercept_[0])
             self.cv_scores_ = self.cv_scores_[:, 0]
         self.n_splits_ = len(folds)
-        self.solver_ = "hat" if use_hat else name
+        self.solver_ = "hat" if use_hat else names[-1]
         self.device_ = str(device)
         self._delays = delays
         return self

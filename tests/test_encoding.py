@@ -181,6 +181,29 @@ def test_defaults_and_registry():
     assert enc.set_params(cv=3).cv == 3
 
 
+def test_a_solver_registered_by_name_is_what_fit_uses(rng, monkeypatch):
+    """fit looks solvers up in RIDGE_SOLVERS: a plain function registered under a new name
+    (not of the gram form, so it is given each training part's rows) factors every fold and
+    the refit, and gives what the built-in solver it wraps gives."""
+    from brainray.encoding import _solve_primal
+
+    shapes = []
+
+    def counted(X, Y, gram=None, cross=None):
+        shapes.append(tuple(X.shape))
+        return _solve_primal(X, Y)
+
+    monkeypatch.setitem(RIDGE_SOLVERS, "counted", counted)
+    X, Y, groups = _data(rng)
+    kw = dict(alphas=ALPHAS, delays=None, dtype="float64", device="cpu")
+    enc = RidgeEncoder(solver="counted", **kw).fit(X, Y, groups)
+    ref = RidgeEncoder(solver="primal", **kw).fit(X, Y, groups)
+    assert enc.solver_ == "counted" and shapes == [(90, 6)] * 4 + [(120, 6)]
+    np.testing.assert_array_equal(enc.alpha_, ref.alpha_)
+    np.testing.assert_allclose(enc.cv_scores_, ref.cv_scores_, rtol=1e-9)
+    np.testing.assert_allclose(enc.coef_, ref.coef_, atol=1e-9)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(rng):
     X, Y, groups = _data(rng, t=6)
