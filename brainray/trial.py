@@ -91,8 +91,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
             val = t.evaluate() if math.isfinite(loss) else loss
             if not math.isfinite(val):  # every size not yet done fails with the trunk
                 return _report(report, path.failed(trunk, val, own=br is trunk))
-            t.checkpoint(report, {**path.metrics(trunk), "lr": path.lr(trunk, t.state["step"] - 1)},
-                         branches_done=done)
+            path.checkpoint(report, done)
         if br is trunk:
             return _report(report, path.scored(trunk))
         # -- the branch: its cooldown on its own prefix, off a snapshot of the trunk ----------
@@ -105,8 +104,7 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
         done.append(br.data_frames)
         t.restore(snapshot)
         t.state["segment_start_s"] = t.state["train_s"]  # the next branch's bill starts at this fork
-        t.checkpoint(report, {**path.metrics(trunk), "lr": path.lr(trunk, t.state["step"] - 1)},
-                     branches_done=done)
+        path.checkpoint(report, done)
     raise AssertionError("unreachable: the plan ends with the trunk's own branch")
 
 
@@ -188,6 +186,11 @@ class _Plan:
         if self.reuse:
             m |= {"branch_step": br.fork, "branch": br.data_frames if self.t.state["step"] > br.fork else None}
         return m
+
+    def checkpoint(self, report: Report, done: list[int]) -> None:
+        """The trunk's progress (with the LR of its last step), reported with a checkpoint."""
+        trunk, step = self.plan[-1], self.t.state["step"]
+        self.t.checkpoint(report, {**self.metrics(trunk), "lr": self.lr(trunk, step - 1)}, branches_done=done)
 
     def scored(self, br: schedule.Branch) -> dict[str, Any]:
         """``br``'s final metrics: its best weights scored against the brain, and its bill."""
