@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ import ray.data
 from ray.data.expressions import col
 import torch
 
-from brainray import gameplay, video, vqvae
+from brainray import gameplay, reaper, video, vqvae
 from brainray.devices import pick_device
 
 __all__ = ["Clips", "OBJECT_STORE_BUDGET", "draw", "ray_session", "train_tokenizer", "write_tokens"]
@@ -79,7 +80,8 @@ def ray_session() -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
+    ctx = ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
+    reaper.watch(os.getpid(), ctx.address_info["session_dir"])  # a killed prepare leaves no Ray behind
     try:
         yield
     finally:
@@ -92,8 +94,10 @@ def _context() -> None:
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=OBJECT_STORE_BUDGET
     )
+    logger = logging.getLogger("ray.data")
+    logger.setLevel(logging.ERROR)  # not "progress bars disabled"
     ctx.enable_progress_bars = False  # prepare logs its own progress, not one line per stream
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logger.setLevel(logging.WARNING)
 
 
 def _frames(row: dict[str, Any], size: int) -> Iterator[np.ndarray]:
