@@ -24,9 +24,9 @@ reduction X_s^T X_s = Q T Q^T with T tridiagonal (LAPACK sytrd, about 1/3 of eig
 time) gives (X_s^T X_s + alpha I)^{-1} = Q (T + alpha I)^{-1} Q^T, and the tridiagonal
 solve costs O(p) per column; the solves of all alphas run as one vectorised sweep. At
 the paper's scale (6000 TRs, 2048 delayed features, 1095 parcels, 11 alphas, 1 thread)
-a whole fit is 1.7-1.9x faster than with one eigh per fold (solver 'primal'), fitted in
-alternation on a shared 2-core EPYC (``benchmarks/ridge.py --solvers-only``,
-results/benchmarks/ridge_solvers.json); the path is kept while that is >= 1.3x.
+a whole fit takes 11.5 s vs 21.7 s with one eigh per fold (solver 'primal'): 1.9x, 1.6x
+at worst (medians of 4 alternating fits on a shared 2-core EPYC, ``benchmarks/ridge.py
+--solvers-only``, results/benchmarks/ridge_solvers.json); kept while that is >= 1.3x.
 
 Without per-fold scaling (``standardize=False``) there is a faster exact path: one
 eigendecomposition of all the data, and the held-out residuals of each run k from the
