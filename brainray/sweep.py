@@ -507,6 +507,7 @@ def run_sweep(
     search: str = "grid",
     samples: int = 8,
     reuse_actors: bool | None = None,
+    prepare_only: bool = False,
 ) -> str:
     """Prepare, run every trial of ``spec`` on Ray Tune, and return the sweep folder (path or URI).
 
@@ -536,6 +537,9 @@ def run_sweep(
         hand a retried trial to the dead node's cached actor again and burn its retries in the
         same second (seen in ``tests/test_cluster_live.py``), and cluster trials are long enough
         that a process start is a small share of them.
+    prepare_only : bool, default=False
+        Prepare (or find) the dataset and return without starting a trial: a cluster prepares
+        the data once, before its sweeps.
 
     Raises
     ------
@@ -569,6 +573,9 @@ def run_sweep(
         dataset = _prepare(spec, data_root, log)
         spec.validate(max_data_frames=dataset.train_frames)
         log(f"[prepare] ready in {time.perf_counter() - t0:.0f} s ({dataset.train_frames} training frames)")
+        if prepare_only:
+            log(f"[sweep] --prepare-only: the dataset is ready at {data_root}; no trial was started")
+            return root
         _run_trials(spec, root, data_root, cluster, search, samples, reuse_actors, log)
     return root
 

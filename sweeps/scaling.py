@@ -4,6 +4,7 @@
     python sweeps/scaling.py --preset smoke       # the smallest end-to-end run (tests, CI)
     python sweeps/scaling.py --preset paper --address auto --storage /shared/results
     python sweeps/scaling.py --dry-run            # the trial table and its estimated cost
+    python sweeps/scaling.py --preset paper --address auto --prepare-only   # the data, before any sweep
     python sweeps/scaling.py --search optuna --samples 20   # a budgeted Optuna search instead of the grid
     python sweeps/scaling.py --storage s3://bucket/brainray --data-dir /shared/brainray-data
 
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
     ap.add_argument("--fresh", action="store_true", help="delete this sweep's previous results and start over")
     ap.add_argument("--dry-run", action="store_true", help="print the trials (or the Optuna search space) and their estimated cost, then exit")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="prepare (or find) the dataset of the spec and exit without starting trials")
     ap.add_argument("--no-report", action="store_true", help="skip the frontier analysis at the end")
     ap.add_argument("--data-dir", default=None,
                     help="shared POSIX folder for the prepared dataset (required when --storage is a URI)")
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus,
             data_dir=data_dir, search=args.search, samples=args.samples,
             reuse_actors={"auto": None, "on": True, "off": False}[args.reuse_actors],
+            prepare_only=args.prepare_only,
         )
     except (ValueError, LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[brainray] interrupted: {what}\n[brainray] to resume, run the same command:\n  {again}",
               file=sys.stderr)
         return 130
+    if args.prepare_only:
+        print(f"[brainray] dataset prepared in {time.perf_counter() - t0:.0f} s; run without --prepare-only to sweep")
+        return 0
     if not args.no_report:
         from brainray.sweep import REPORT_LOCK, write_frontier
 

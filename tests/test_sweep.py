@@ -75,6 +75,19 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert len(list((root / "trials").glob("*.parquet"))) == len(expected)  # nothing re-run or re-written
 
 
+def test_prepare_only_finds_the_dataset_and_starts_no_trial(tmp_path, tiny_dataset):
+    import shutil
+
+    shared = tmp_path / "shared"
+    shutil.copytree(tiny_dataset.root, shared / tiny_dataset.root.name)  # prepared before, as on a cluster
+    out = _scaling("--preset", "smoke", "--storage", str(tmp_path / "out"), "--data-dir", str(shared),
+                   "--prepare-only", "--num-cpus", "2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "[prepare] cached dataset" in out.stdout and "no trial was started" in out.stdout
+    root = tmp_path / "out" / "smoke"
+    assert not (root / "trials").exists() and not (root / "frontier").exists()
+
+
 # -- checks made before any trial starts (no Ray instance needed) ---------------------------------
 def _spec(**resources):
     import dataclasses
