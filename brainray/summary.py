@@ -7,15 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainray import gpt, schedule, triallog
+from brainray import cost, gpt, schedule, triallog
 from brainray.config import AXES, SearchSpace, SweepSpec, check_search
 
 __all__ = ["dry_run_table", "final_summary", "run_frontier", "best_per_budget"]
 
-# Throughput assumed for --dry-run GPU-hour estimates: 40% MFU on an H100 (the target of
-# issue 5); fp32 runs at TF32 peak. Stated in the table so nobody mistakes it for a measurement.
-_ASSUMED_MFU = 0.4
-_H100 = {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12}
 
 
 def dry_run_table(spec: SweepSpec, search: str = "grid", samples: int = 8) -> str:
@@ -43,7 +39,8 @@ def dry_run_table(spec: SweepSpec, search: str = "grid", samples: int = 8) -> st
                  f"{len(runs)} runs)")
     return (
         f"Sweep {spec.name!r} ({spec.source}): {len(df)} trials\n{_table(df)}\n"
-        f"Total: {total}, {df['gpu_hours'].sum():.3g} GPU-hours ({_ASSUMPTION})."
+        f"Total: {total}, {df['gpu_hours'].sum():.3g} GPU-hours ({_ASSUMPTION}).\n"
+        + cost.describe_prepare(spec)
     )
 
 
@@ -65,7 +62,9 @@ def _optuna_plan(spec: SweepSpec, samples: int) -> str:
     )
 
 
-_ASSUMPTION = f"estimate at {_ASSUMED_MFU:.0%} MFU on an H100; small models run far below that"
+_ASSUMPTION = (f"H100 estimate: {cost.H100['bf16'].floor_s * 1e3:.0f} ms per step plus the FLOPs at "
+               f"{cost.H100['bf16'].flops_per_s / 1e12:.0f} TFLOP/s in bf16, "
+               f"{cost.H100['fp32'].flops_per_s / 1e12:.0f} in fp32 (fitted to DESIGN's measured steps)")
 
 
 def _cost_rows(spec: SweepSpec, run: dict) -> list[dict]:
@@ -87,9 +86,11 @@ def _cost_rows(spec: SweepSpec, run: dict) -> list[dict]:
         tokens = steps * tr.batch_size * 2 * T
         row = {**{k: v for k, v in run.items() if k != "branches"}, "data_frames": d, "tokens": tokens,
                "train_flops": fpt * tokens}
+        own = steps
         if plan:
-            row["incurred_flops"] = fpt * plan[i].own_steps * tr.batch_size * 2 * T
-        row["gpu_hours"] = row.get("incurred_flops", row["train_flops"]) / (_ASSUMED_MFU * _H100[run["dtype"]]) / 3600
+            own = plan[i].own_steps
+            row["incurred_flops"] = fpt * own * tr.batch_size * 2 * T
+        row["gpu_hours"] = cost.H100[run["dtype"]].seconds(own, row.get("incurred_flops", row["train_flops"])) / 3600
         rows.append(row)
     return rows
 

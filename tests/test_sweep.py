@@ -33,6 +33,7 @@ def test_dry_run_prints_the_trial_table():
     spec = load_spec("paper")
     assert len(spec.axes.trials()) == 19  # the paper's grid, plus an untrained control at the reference and per width
     assert f"{len(spec.runs())} trials" in out.stdout and "GPU-hours" in out.stdout
+    assert "Prepare (once per dataset" in out.stdout and "VQ-VAE: 150000 steps" in out.stdout  # the data is priced too
     assert out.stdout.count("untrained") == len(spec.axes.control_trials())
 
 
