@@ -30,7 +30,7 @@ import math
 import re
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -662,12 +662,13 @@ def load_cneuromod(
     derivatives_root: str | Path | None = None,
     subjects: list[str] | None = None,
     task: str = "shinobi",
+    map_fn: Callable[[Callable, Iterable], Iterable] | None = None,
 ) -> list[dict[str, Any]]:
     """Parcel time series and replay segments of every run of a CNeuroMod dataset.
 
     Runs :func:`find_runs`, then for each run :func:`read_events` (``stim_file`` relative to
     ``bids_root``), :func:`extract_parcels` with the paper's defaults and :func:`run_timeline`.
-    Replays are not replayed here: the dataset stage turns each segment's ``.bk2`` into frames.
+    Replays are not replayed here: the prepare stage streams each segment's ``.bk2`` into tokens.
 
     Parameters
     ----------
@@ -681,6 +682,9 @@ def load_cneuromod(
         Subjects to load (``"01"`` or ``"sub-01"``); ``None`` loads all.
     task : :obj:`str`, default="shinobi"
         BIDS task label.
+    map_fn : callable, default=None
+        A parallel ``map`` over the runs (prepare passes one backed by Ray tasks: one
+        extraction per run, in parallel); plain ``map`` by default.
 
     Returns
     -------
@@ -698,13 +702,16 @@ def load_cneuromod(
     from nilearn.image import load_img
 
     labels = load_img(labels_img)  # once, not once per run
-    out = []
-    for run in find_runs(bids_root, derivatives_root, task=task, subjects=subjects):
-        events = read_events(run.events_path, root=bids_root)
-        bold = extract_parcels(run, labels)
-        segments = run_timeline(events, run.tr, bold.shape[0])
-        out.append(
-            {"subject": run.subject, "session": run.session, "run": run.run, "tr": run.tr,
-             "bold": bold, "segments": segments}
-        )
-    return out
+    runs = find_runs(bids_root, derivatives_root, task=task, subjects=subjects)
+    map_fn = map_fn or (lambda f, xs: list(map(f, xs)))
+    return list(map_fn(_load_run, [(bids_root, run, labels) for run in runs]))
+
+
+def _load_run(args: tuple[str | Path, Any, Any]) -> dict[str, Any]:
+    """One run's events, parcels (one ``NiftiLabelsMasker`` pass) and timeline: one task."""
+    bids_root, run, labels = args
+    events = read_events(run.events_path, root=bids_root)
+    bold = extract_parcels(run, labels)
+    segments = run_timeline(events, run.tr, bold.shape[0])
+    return {"subject": run.subject, "session": run.session, "run": run.run, "tr": run.tr,
+            "bold": bold, "segments": segments}

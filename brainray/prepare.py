@@ -214,7 +214,8 @@ def _cneuromod(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str
     gameplay.make_env(d.game).close()  # a ROM that is not imported fails here, saying how to import it
     _check_stimuli(bids_root, deriv, d.task, subjects)
     log(f"[fmri] extracting parcels ({Path(d.atlas).name}) from the task-{d.task} runs of {bids_root}")
-    loaded = fmri.load_cneuromod(bids_root, d.atlas, derivatives_root=deriv, subjects=subjects, task=d.task)
+    loaded = fmri.load_cneuromod(bids_root, d.atlas, derivatives_root=deriv, subjects=subjects, task=d.task,
+                                 map_fn=map_fn)  # one parcel extraction per run, in parallel
     timings["fmri_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
