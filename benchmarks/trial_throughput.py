@@ -15,14 +15,16 @@ writes ``results/benchmarks/trial_throughput.json``. FLOPs are ``train_flops_per
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from brainray import gpt
+from brainray import cost, gpt
 from brainray.devices import pick_device, use_tf32
 
 OUT = Path(__file__).resolve().parent.parent / "results" / "benchmarks" / "trial_throughput.json"
@@ -64,6 +66,18 @@ def measure(d: int, L: int, H: int, dtype: str, V: int, T: int, batch: int, step
     }
 
 
+def throughput_laws(rows: list[dict]) -> dict[str, dict]:
+    """Per dtype, the dry run's step-time law (``brainray.cost.fit_throughput``) fitted to the rows."""
+    laws = {}
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        mine = [r for r in rows if r["dtype"] == dtype and not r["compile"]]
+        step_s = np.array([r["step_ms"] / 1e3 for r in mine])
+        step_flops = np.array([r["tflops_per_s"] * 1e12 for r in mine]) * step_s
+        if len(mine) >= 2:
+            laws[dtype] = dataclasses.asdict(cost.fit_throughput(step_flops, step_s))
+    return laws
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paper", action="store_true", help="reference model d=576 L=8 H=4, 256 tokens per clip")
@@ -98,8 +112,11 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     result = {
         "device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "rows": rows,
+        "rows": rows, "throughput_law": throughput_laws(rows),
     }
+    for dtype, law in result["throughput_law"].items():
+        print(f"{dtype}: step = {law['floor_s'] * 1e3:.2f} ms + FLOPs / {law['flops_per_s'] / 1e12:.3g} TFLOP/s "
+              "(the --dry-run law, brainray.cost)")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     out = OUT.with_name(OUT.stem + ("_paper" if args.paper else "") + args.out_suffix
                         + f"_{device.type}.json")
