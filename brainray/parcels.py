@@ -6,18 +6,26 @@ parcel. :func:`parcel_table` joins the per-parcel Pearson r of each subject (wha
 its family, its main stimulus feature, the receptive field of that feature (cell ``g`` of the
 ``grid x grid`` split of the screen, for the pixel features ``lum-g``, ``contrast-g``, ``motion-g``,
 ``surprise-g``) and its exact noise ceiling; on measured data only the parcel's index. The table of a
-trial lives in ``<root>/parcels/<trial_id>.parquet`` (:func:`write_parcel_scores`), beside the trial
-log, and the report maps the best trial's (``brainray.report``).
+trial lives in ``<root>/parcels/<trial_id>.parquet`` (:func:`write_parcel_scores`, a path or a URI),
+beside the trial log, under the trial log's id (Tune's trial id, ``<id>-d<frames>`` for a reuse
+branch). ``brainray.sweep`` writes it when a trial is scored, and the report maps the best
+trial's (``brainray.report``).
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from brainray import triallog
 
 __all__ = ["PARCELS", "COLUMNS", "parcel_table", "write_parcel_scores", "read_parcel_scores", "summarize"]
 
@@ -73,23 +81,37 @@ def parcel_table(ds: Any, r_by_subject: Mapping[str, Any], trial_id: str = "") -
     return out.assign(trial_id=trial_id)[list(COLUMNS)]
 
 
-def write_parcel_scores(root: str | Path, trial_id: str, table: pd.DataFrame) -> Path:
-    """Write one trial's :func:`parcel_table` to ``<root>/parcels/<trial_id>.parquet``; returns the path."""
+def write_parcel_scores(root: str | Path, trial_id: str, table: pd.DataFrame) -> Path | str:
+    """Write one trial's :func:`parcel_table` to ``<root>/parcels/<trial_id>.parquet``; returns the path.
+
+    ``root`` is the sweep folder: a local path (a :class:`~pathlib.Path` is returned) or a URI
+    (``s3://``, ``gs://``, ``file://``: written through its pyarrow filesystem, the URI is returned).
+    """
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"write_parcel_scores: the table lacks column(s) {missing}; build it with parcel_table.")
-    path = Path(root) / PARCELS / f"{trial_id}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)  # a reader never sees half a file
-    return path
+    fs, base = triallog.filesystem(str(root))
+    folder = f"{base.rstrip('/')}/{PARCELS}"
+    fs.create_dir(folder, recursive=True)
+    final, tmp = f"{folder}/{trial_id}.parquet", f"{folder}/.{trial_id}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp, filesystem=fs)
+    fs.move(tmp, final)  # a reader never sees half a file
+    return _location(root, trial_id)
 
 
 def read_parcel_scores(root: str | Path, trial_id: str) -> pd.DataFrame | None:
-    """The per-parcel table of ``trial_id`` under ``root``, or None when it was not written."""
-    path = Path(root) / PARCELS / f"{trial_id}.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+    """The per-parcel table of ``trial_id`` under ``root`` (a path or a URI), or None when it was not written."""
+    fs, base = triallog.filesystem(str(root))
+    path = f"{base.rstrip('/')}/{PARCELS}/{trial_id}.parquet"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return pq.read_table(path, filesystem=fs).to_pandas()
+
+
+def _location(root: str | Path, trial_id: str) -> Path | str:
+    if triallog.is_uri(str(root)):
+        return f"{str(root).rstrip('/')}/{PARCELS}/{trial_id}.parquet"
+    return Path(root) / PARCELS / f"{trial_id}.parquet"
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

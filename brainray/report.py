@@ -69,7 +69,7 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
                  analysis: dict[str, Any] | None = None,
                  title: str = "brainray compute-optimal frontier",
                  bootstrap: int = 200, seed: int = 0, live: bool | None = None,
-                 parcels_df: pd.DataFrame | None = None) -> Path:
+                 parcels_df: pd.DataFrame | None = None, parcels_root: str | Path | None = None) -> Path:
     """Write the frontier report of a trial log into ``out_dir``.
 
     Parameters
@@ -97,7 +97,10 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         (no banner) when there is no such file.
     parcels_df : DataFrame, optional
         Per-parcel scores of the best trial (:func:`brainray.parcels.parcel_table`); read
-        from ``<out_dir>/../parcels/<best trial>.parquet`` when None.
+        from ``<parcels_root>/parcels/<best trial>.parquet`` when None.
+    parcels_root : str or Path, optional
+        The sweep folder (a path or a URI) whose ``parcels/`` holds the per-parcel tables;
+        default ``<out_dir>/..``.
 
     Returns
     -------
@@ -119,7 +122,7 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
     state = _sweep_state(out) if live is None else ("running" if live else "ended")
     best = _best_trial(analysis)
     if parcels_df is None and best is not None:
-        parcels_df = parcels.read_parcel_scores(out.parent, best)
+        parcels_df = parcels.read_parcel_scores(out.parent if parcels_root is None else parcels_root, best)
 
     notes: dict[str, str] = {}
     plotters = {

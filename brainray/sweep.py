@@ -7,7 +7,8 @@ by thin Tune callbacks that hand rows to ``brainray.triallog``.
 
 Layout under ``<storage>/<sweep>/``: ``data/<hash>/`` (prepared dataset, or under
 ``data_dir``), ``tune/`` (Tune's experiment state and checkpoints; ``tune-optuna/`` for an
-Optuna search), ``trials/`` and ``curves/`` (Parquet), ``tensorboard/`` and ``frontier/``.
+Optuna search), ``trials/`` and ``curves/`` (Parquet), ``parcels/`` (one Parquet table of
+per-parcel r per scored trial, ``brainray.parcels``), ``tensorboard/`` and ``frontier/``.
 ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``): Tune, the trial log, the
 curves, TensorBoard and the report go through pyarrow filesystems. The prepared dataset is
 memory-mapped by every trial, so it needs a POSIX path that every node can read
@@ -32,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +44,7 @@ import ray
 from ray import tune
 
 import brainray
-from brainray import locks, reaper
+from brainray import locks, parcels, reaper
 from brainray import prepare as prep
 from brainray import trial as trial_mod
 from brainray import triallog
@@ -69,13 +71,17 @@ def trainable(config: dict[str, Any]) -> None:
     # Read by Tune in this process when it reuses it for the next trial (a user's own value is kept);
     # set here, the one place that runs in every trial's process however Ray was started.
     os.environ.setdefault(*_REUSE_WAIT)
-    flat = {**{k: v for k, v in config.items() if k != "trial"}, **config["trial"]}
+    flat = {**{k: v for k, v in config.items() if k not in ("trial", "root")}, **config["trial"]}
+    root = config.get("root")
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        parcel_r = metrics.get(trial_mod.PARCEL_R)
+        if parcel_r is not None and root:  # a scored trial (or reuse branch): its per-parcel map, beside the log
+            _write_parcels(root, flat["dataset"], _log_id(tune.get_context().get_trial_id(), metrics), parcel_r)
         # A missing value is left out, not sent as NaN: Tune's own TensorBoard logger warns once per NaN.
-        # The sweep's metric stays in every report, as Tune requires.
-        clean = {k: v for k, v in metrics.items()
-                 if v is not None and (k == "val_loss" or not isinstance(v, float) or math.isfinite(v))}
+        # The sweep's metric stays in every report, as Tune requires. Private keys (``_parcel_r``) stay here.
+        clean = {k: v for k, v in metrics.items() if not k.startswith("_")
+                 and v is not None and (k == "val_loss" or not isinstance(v, float) or math.isfinite(v))}
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(clean, checkpoint=ckpt)
 
@@ -88,6 +94,23 @@ def trainable(config: dict[str, Any]) -> None:
             trial_mod.run(flat, report)
     finally:
         _release_memory()
+
+
+def _log_id(trial_id: str, result: dict[str, Any]) -> str:
+    """The trial-log id of a result: Tune's trial id, or ``<id>-d<frames>`` for a reuse branch's row."""
+    return triallog.branch_id(trial_id, result["data_frames"]) if result.get("branch_done") else trial_id
+
+
+def _write_parcels(root: str, dataset: str, trial_id: str, parcel_r: dict[str, Any]) -> None:
+    """``<root>/parcels/<trial_id>.parquet`` (``root`` a path or a URI); a storage error warns, the trial goes on:
+    the trial-log row is the record, the map is a view of it."""
+    table = parcels.parcel_table(load_dataset(dataset), parcel_r, trial_id)
+    try:
+        parcels.write_parcel_scores(root, trial_id, table)
+    except OSError as e:
+        warnings.warn(f"{trial_id}: its per-parcel scores could not be written under {root}/{parcels.PARCELS} "
+                      f"({e}); the report has no parcel map for it. Check that the storage is writable.",
+                      RuntimeWarning, stacklevel=2)
 
 
 def _release_memory() -> None:
@@ -205,8 +228,8 @@ class TrialLogCallback(tune.Callback):
         curve_id = triallog.branch_id(trial.trial_id, branch) if branch else trial.trial_id
         self._curves.setdefault(curve_id, []).append({"sweep": self.sweep, **{k: result.get(k) for k in keys}})
         if result.get("branch_done"):  # one data size of a reuse run is finished: its row now
-            row_id = triallog.branch_id(trial.trial_id, result["data_frames"])
-            self._final(trial, row_id, result, "ERROR" if result.get("error") else "TERMINATED", result.get("error"))
+            status = "ERROR" if result.get("error") else "TERMINATED"
+            self._final(trial, _log_id(trial.trial_id, result), result, status, result.get("error"))
         elif time.time() - self._last_flush > self.flush_s:
             self._flush()
 
@@ -331,7 +354,7 @@ def write_frontier(root: str, bootstrap: int = 200, log: Log = print) -> str:
     with tempfile.TemporaryDirectory(prefix="brainray-frontier-") as tmp:
         path = report.write_report(
             trials, tmp, curves_df=triallog.read_curves(root), title=f"brainray sweep {root.rsplit('/', 1)[-1]}",
-            bootstrap=bootstrap,
+            bootstrap=bootstrap, parcels_root=root,
         )
         _upload(tmp, out)
     log(f"[frontier] report: {out}/{Path(path).name}")
@@ -492,7 +515,8 @@ def _quiet_tune() -> None:
 _REUSE_WAIT = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
 
 # What --fresh may delete under a sweep folder: what brainray writes there, nothing else.
-RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", "trials", "curves", "tensorboard", "frontier", "spec.json")
+RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", "trials", "curves", parcels.PARCELS, "tensorboard", "frontier",
+                  "spec.json")
 
 
 def run_sweep(
@@ -630,7 +654,7 @@ def _run_trials(
     spec: SweepSpec, root: str, data_root: str, cluster: dict[str, float], search: str, samples: int,
     reuse_actors: bool, log: Log,
 ) -> None:
-    constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train)}
+    constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train), "root": root}
     if search == "grid":
         trials = spec.runs()
         if spec.train.data_schedule == "reuse":

@@ -47,9 +47,10 @@ from brainray.devices import pick_device, use_tf32
 from brainray.dataset import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
-__all__ = ["run", "score_brain", "CHECKPOINT"]
+__all__ = ["run", "score_brain", "CHECKPOINT", "PARCEL_R"]
 
 CHECKPOINT = "checkpoint.pt"
+PARCEL_R = "_parcel_r"  # key of the per-subject per-parcel r in score_brain's scores (and a trial's final report)
 Report = Callable[..., None]
 
 
@@ -447,6 +448,8 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         paper's score), and ``ceiling_frac``, ``ceiling_mean`` (None when the noise
         ceiling is unknown, as for real data). Simulated parcels add, per family
         (``simbrain.PARCEL_TYPES``), ``brain_r_<family>`` and ``ceiling_frac_<family>``.
+        ``_parcel_r`` (private: not a trial-log column) maps each subject to its held-out r
+        per parcel, array of shape (n_parcels,), for ``brainray.parcels.parcel_table``.
     """
     t, h, w = ds.latent_shape
     features: dict[int, np.ndarray] = {}  # run index -> (n_vols, C), shared runs computed once
@@ -483,6 +486,7 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         return features[k]
 
     out: dict[str, Any] = {}
+    parcel_r: dict[str, np.ndarray] = {}
     rs, ceilings, families = [], [], []
     for subject in ds.subjects:
         runs = ds.run_indices(subject)
@@ -505,6 +509,7 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         out[f"r_mean_{subject}"] = s["brain_r_mean"]
         out[f"r_max_{subject}"] = s["brain_r_max"]
         rs.append(r)
+        parcel_r[subject] = np.asarray(r, dtype=np.float64)
         ceilings.append(None if sub.ceiling is None else np.broadcast_to(sub.ceiling, r.shape))
         families.append(getattr(sub, "parcel_types", None))  # simulated parcels have a family; real ones do not
     known = all(c is not None for c in ceilings)
@@ -515,7 +520,7 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
     # The paper's score is the max over parcels, averaged over subjects.
     pooled["brain_r_max"] = float(np.mean([out[f"r_max_{s}"] for s in ds.subjects]))
     pooled["ceiling_mean"] = float(np.mean(ceiling)) if known else None
-    return {**out, **pooled}
+    return {**out, **pooled, PARCEL_R: parcel_r}
 
 
 def _failed(metrics: dict[str, Any], step: int, value: float) -> dict[str, Any]:

@@ -261,3 +261,7 @@ def test_optuna_search_logs_its_trials_with_their_axes(tmp_path, tiny_dataset, r
     assert (local / "tune-optuna").is_dir()
     assert (local / "frontier" / "report.html").exists()
     assert list((local / "tensorboard").rglob("events.out.tfevents.*"))
+    from brainray import parcels  # per-parcel tables through the URI's filesystem, and the report maps one
+
+    assert all(parcels.read_parcel_scores(root, t) is not None for t in log["trial_id"])
+    assert (local / "frontier" / "parcels.png").exists()

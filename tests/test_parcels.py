@@ -47,3 +47,13 @@ def test_parcel_scores_round_trip_and_summary(tmp_path):
     assert np.isnan(s.loc["none", "ceiling_frac"]) and s.loc["none", "n"] == 1
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['r'\]"):
         parcels.write_parcel_scores(tmp_path, "t8", t.drop(columns="r"))
+
+
+def test_parcel_scores_round_trip_through_a_uri(tmp_path):
+    t = parcels.parcel_table(_dataset(), {"sub-02": [0.2, 0.1]}, trial_id="0a850_00011")
+    root = f"file://{tmp_path}/sweep"
+    assert parcels.write_parcel_scores(root, "0a850_00011", t) == f"{root}/parcels/0a850_00011.parquet"
+    assert (tmp_path / "sweep" / "parcels" / "0a850_00011.parquet").is_file()
+    assert not list((tmp_path / "sweep" / "parcels").glob(".*"))  # no temp file left behind
+    pd.testing.assert_frame_equal(parcels.read_parcel_scores(root, "0a850_00011"), t)
+    assert parcels.read_parcel_scores(root, "0a850_00012") is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brainray import triallog
+from brainray import parcels, triallog
 from brainray.config import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +67,20 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert list((root / "frontier").glob("*.png"))
     assert list((root / "tensorboard").rglob("events.out.tfevents.*"))
     assert "Best configuration per training-FLOPs budget" in out.stdout
+    # every scored trial (controls too) has its per-parcel table under the trial log's id, and the report maps one
+    n_parcels = load_spec("smoke").data.n_parcels
+    for trial_id in trials["trial_id"]:
+        table = parcels.read_parcel_scores(root, trial_id)
+        assert table is not None, trial_id
+        assert len(table) == 2 * n_parcels and (table["trial_id"] == trial_id).all()
+        assert set(table["family"]) >= {"none"} and table["ceiling"].notna().all()
+        mean = table.groupby("subject")["r"].mean()  # the same r as the row's per-subject mean
+        row = trials.set_index("trial_id").loc[trial_id]
+        for subject, r in mean.items():
+            assert r == pytest.approx(row[f"r_mean_{subject}"], abs=1e-9), (trial_id, subject)
+    assert fits["parcels"]["trial_id"] in set(trials["trial_id"]) and fits["plots"]["parcels.png"] == "written"
+    assert (root / "frontier" / "parcels.png").exists()
+    assert f"{2 * n_parcels} parcels over 2 subject(s)" in (root / "frontier" / "report.html").read_text()
 
     again = _scaling("--preset", "smoke", "--storage", str(tmp_path), "--num-cpus", "2")
     assert again.returncode == 0, again.stderr[-3000:]
