@@ -66,6 +66,11 @@ __all__ = [
     "ceiling_sensitivity",
     "findings",
     "seed_noise",
+    "trial_interval",
+    "extrapolation_checks",
+    "usable_trials",
+    "fit_metric",
+    "EXTRAPOLATION",
     "simulate_trials",
     "FORMS",
     "TwoStageFit",
@@ -76,6 +81,7 @@ __all__ = [
 ]
 
 FORMS = ("chinchilla", "ceiling_gap")
+EXTRAPOLATION = "extrapolation"  # ``role`` of a predict-then-verify trial: checked against its prediction, never fitted
 AXES = ("n_embd", "n_layer", "n_head", "data_frames", "dtype")
 MIN_TRIALS = 5  # 5 free parameters; fewer rows cannot pin the law
 # Ahmadi et al. 2024: fp16 1.17x faster; mean max-r 0.548 (fp16) vs 0.547 (fp32).
@@ -1549,13 +1555,7 @@ def backtest(usable: pd.DataFrame, bootstrap: int = 100, seed: int = 0, level: f
         except ValueError as err:
             out["errors"][f"{metric} (N, D law)"] = str(err)
             continue
-        sd, _ = seed_noise(usable, metric)
-        how = "law band + seed noise"
-        if not math.isfinite(sd):  # no seeds: the scatter of the fitted trials about the law stands in
-            resid = fit_df[metric].to_numpy(float) - fit.predict(fit_df["params_nonembed"], fit_df["tokens"])
-            sd = float(np.sqrt((resid ** 2).sum() / max(1, len(resid) - len(_PARAMS))))
-            how = "law band + residual scatter (no seeds)"
-        noise = 1.96 * sd
+        noise, how = _trial_noise(usable, fit_df, fit, metric)
         N, D = held["params_nonembed"].to_numpy(float), held["tokens"].to_numpy(float)
         pred, (lo, hi) = fit.predict(N, D), fit.predict_interval(N, D, level)
         rows += _backtest_rows("N, D law", metric, held, pred, lo, hi, noise, how)
@@ -1575,11 +1575,46 @@ def backtest(usable: pd.DataFrame, bootstrap: int = 100, seed: int = 0, level: f
     return out
 
 
+def _trial_noise(usable: pd.DataFrame, fit_df: pd.DataFrame, fit: LawFit, metric: str) -> tuple[float, str]:
+    """``1.96 sd`` of one trial about the law, and how ``sd`` was found: the seed noise of ``usable``, or
+    without seeds the residual scatter of the fitted trials ``fit_df`` about ``fit``."""
+    sd, _ = seed_noise(usable, metric)
+    if math.isfinite(sd):
+        return 1.96 * sd, "law band + seed noise"
+    resid = fit_df[metric].to_numpy(float) - fit.predict(fit_df["params_nonembed"], fit_df["tokens"])
+    sd = float(np.sqrt((resid ** 2).sum() / max(1, len(resid) - len(_PARAMS))))
+    return 1.96 * sd, "law band + residual scatter (no seeds)"
+
+
+def _widen(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """The band's half-widths, each widened in quadrature by one trial's noise."""
+    return pred - np.hypot(pred - lo, noise), pred + np.hypot(hi - pred, noise)
+
+
+def trial_interval(fit: LawFit, usable: pd.DataFrame, N: Any, D: Any, level: float = 0.95
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Where one new trial at (N, D) should land: the law's prediction and an interval for a single trial.
+
+    The interval is the law's bootstrap band (:meth:`LawFit.predict_interval`) widened in quadrature by one
+    trial's noise, as in :func:`backtest`: ``1.96 sd``, ``sd`` the seed noise of ``usable`` (the trials the
+    law was fitted on), or without seeds their residual scatter about the law.
+
+    Returns
+    -------
+    predicted, lo, hi : ndarray of the broadcast shape of N and D
+    how : str
+        Which noise widened the band.
+    """
+    metric = "val_loss" if fit.form == "chinchilla" else "brain_r_mean"
+    noise, how = _trial_noise(usable, usable, fit, metric)
+    pred = fit.predict(N, D)
+    return (pred, *_widen(pred, *fit.predict_interval(N, D, level), noise), how)
+
+
 def _backtest_rows(law: str, metric: str, held: pd.DataFrame, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                    noise: float, how: str) -> list[dict[str, Any]]:
     obs = held[metric].to_numpy(float)
-    lo = pred - np.hypot(pred - lo, noise)  # the band's half-widths, each widened by one trial's noise
-    hi = pred + np.hypot(hi - pred, noise)
+    lo, hi = _widen(pred, lo, hi, noise)
     return [dict(law=law, metric=metric, trial_id=t, train_flops=c, observed=o, predicted=p, lo=a, hi=b,
                  error=p - o, rel_error=(p - o) / abs(o) if o else math.nan,
                  inside=bool(a <= o <= b) if np.isfinite(a) else None, interval=how)
@@ -1752,6 +1787,44 @@ def control_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[is_control(df) & (df["status"] == "TERMINATED")].reset_index(drop=True)
 
 
+def extrapolation_checks(trials: pd.DataFrame) -> pd.DataFrame:
+    """Predicted against observed for the extrapolation trials of a log: one row per trial and metric.
+
+    Returns
+    -------
+    DataFrame with ``trial_id, status, extrapolate_k, n_embd, data_frames, train_flops, pick, metric,
+    predicted, lo, hi, observed, error, inside, note``; empty when the log has no extrapolation trial.
+    """
+    cols = ["trial_id", "status", "extrapolate_k", "n_embd", "data_frames", "train_flops", "pick", "metric",
+            "predicted", "lo", "hi", "observed", "error", "inside", "note"]
+    if "role" not in trials.columns:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for _, t in trials[trials["role"] == EXTRAPOLATION].iterrows():
+        for m in ("val_loss", "brain_r_mean"):
+            obs, pred = _as_float(t.get(m)), _as_float(t.get(f"predicted_{m}"))
+            lo, hi = _as_float(t.get(f"predicted_{m}_lo")), _as_float(t.get(f"predicted_{m}_hi"))
+            rows.append(dict(trial_id=t["trial_id"], status=t["status"], extrapolate_k=t.get("extrapolate_k"),
+                             n_embd=t.get("n_embd"), data_frames=t.get("data_frames"),
+                             train_flops=t.get("train_flops"), pick=t.get("extrapolate_pick"), metric=m,
+                             predicted=pred, lo=lo, hi=hi, observed=obs, error=pred - obs,
+                             inside=bool(lo <= obs <= hi) if math.isfinite(lo + hi + obs) else None,
+                             note=t.get("prediction_note") or ""))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def usable_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a trial log that the laws are fitted on: finished, trained (no control), not an
+    extrapolation check, with finite positive cost and scores (:func:`analyze` lists the others)."""
+    return _split_usable(df)[0]
+
+
+def fit_metric(usable: pd.DataFrame, metric: str, bootstrap: int = 0, seed: int = 0) -> LawFit:
+    """The N, D law of ``metric`` on usable trials, as :func:`analyze` fits it: ``chinchilla`` for
+    ``val_loss``, ``ceiling_gap`` (with the logged ceiling when there is one) for a brain score."""
+    return _metric_fit(usable, metric, bootstrap=bootstrap, seed=seed)
+
+
 def _split_usable(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Usable rows, and a table (trial_id, status, reason) of the rows left out."""
     missing = [c for c in _REQUIRED_COLUMNS if c not in df.columns]
@@ -1765,6 +1838,8 @@ def _split_usable(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         control = row.get("control", None)
         if isinstance(control, str) and control:
             why.append(f"control ({control}): compared with the trained trials, never fitted")
+        elif row.get("role", None) == EXTRAPOLATION:
+            why.append("extrapolation: checks the prediction it was run for, never fitted")
         elif row["status"] != "TERMINATED":
             err = row.get("error", None)
             err = "" if err is None or (isinstance(err, float) and math.isnan(err)) \

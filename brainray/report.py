@@ -967,7 +967,7 @@ def _html(trials: pd.DataFrame, analysis: dict[str, Any], notes: dict[str, str],
                                 analysis.get("ceiling_sensitivity"))
                    for m in ("val_loss", "brain_r_mean")) + _two_stage_section(analysis.get("two_stage")) \
         + _compute_law_section(analysis.get("compute_laws", {}), analysis.get("compute_law_errors", {})) \
-        + _backtest_section(analysis.get("backtest"))
+        + _backtest_section(analysis.get("backtest")) + _extrapolation_section(trials)
 
     alloc = analysis["allocation"]
     skipped = "".join(f"<p class='warn'>No allocation from the {html.escape(_LABELS.get(m, m))} law: "
@@ -1093,6 +1093,22 @@ def _backtest_section(bt: dict[str, Any] | None) -> str:
     errs = "".join(f"<p class='note'>{html.escape(k)}: {html.escape(v)}</p>" for k, v in bt["errors"].items())
     return (head + f"<p class='note'>{len(bt['held'])} trial(s) held out (train_flops &gt; {bt['cut']:.3g}), "
             f"{bt['n_fit']} fitted.</p>" + _table(bt["table"], left=("law", "metric", "trial_id", "interval")) + errs)
+
+
+def _extrapolation_section(trials: pd.DataFrame) -> str:
+    """Predict, then verify: each extrapolation trial's prediction (made before it ran) against its score."""
+    checks = frontier.extrapolation_checks(trials)
+    if checks.empty:
+        return ""
+    notes = sorted({n for n in checks["note"] if n})
+    return ("<h3>Predict, then verify: extrapolation trials</h3><p class='note'>Run with "
+            "<code>python sweeps/scaling.py --extrapolate K</code>: the laws fitted on the trials before them "
+            "picked the compute-optimal width at K× the largest budget and its IsoFLOP neighbours "
+            "(<code>brainray.extrapolate</code>). <b>predicted, lo, hi</b>: the prediction stored on the row "
+            "before the trial ran, with its interval for one trial; <b>inside</b>: whether the observed value "
+            "falls in it. These trials are never fitted.</p>"
+            + "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
+            + _table(checks.drop(columns="note"), left=("trial_id", "status", "pick", "metric"), scroll=True))
 
 
 def _ceiling_section(cs: dict[str, Any] | None) -> str:

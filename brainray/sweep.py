@@ -288,6 +288,7 @@ class TrialLogCallback(tune.Callback):
             "started_at": self._started.get(trial.trial_id), "finished_at": _now(),
             "config_json": json.dumps({"trial": config["trial"], "train": config["train"]}, default=str),
             "control": config["trial"].get("control", ""),  # empty: a trained trial
+            "role": config["trial"].get("role", ""),  # "extrapolation": a predict-then-verify trial
         }
         if config["trial"].get("branches"):
             row.update(data_frames=result["data_frames"], parent_trial=trial.trial_id, data_schedule="reuse")
@@ -515,7 +516,7 @@ def _quiet_tune() -> None:
 _REUSE_WAIT = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
 
 # What --fresh may delete under a sweep folder: what brainray writes there, nothing else.
-RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", "trials", "curves", parcels.PARCELS, "tensorboard", "frontier",
+RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", f"{EXPERIMENT}-extrapolate", "trials", "curves", parcels.PARCELS, "tensorboard", "frontier",
                   "spec.json")
 
 
@@ -532,6 +533,8 @@ def run_sweep(
     samples: int = 8,
     reuse_actors: bool | None = None,
     prepare_only: bool = False,
+    extrapolate: float | None = None,
+    allow_unidentified: bool = False,
 ) -> str:
     """Prepare, run every trial of ``spec`` on Ray Tune, and return the sweep folder (path or URI).
 
@@ -564,6 +567,14 @@ def run_sweep(
     prepare_only : bool, default=False
         Prepare (or find) the dataset and return without starting a trial: a cluster prepares
         the data once, before its sweeps.
+    extrapolate : float, optional
+        Predict, then verify (``brainray.extrapolate``): fit the sweep's finished trials, plan the
+        compute-optimal trial at ``extrapolate`` x the largest budget with its IsoFLOP neighbours,
+        and run them into the same trial log (``role = "extrapolation"``, with their predictions;
+        Tune's state under ``tune-extrapolate/x<K>``). Running it again resumes the same plan (the
+        extrapolation rows are never fitted).
+    allow_unidentified : bool, default=False
+        With ``extrapolate``: plan even when neither law is identified by the sweep.
 
     Raises
     ------
@@ -573,6 +584,9 @@ def run_sweep(
     if reuse_actors is None:
         reuse_actors = address is None
     check_search(spec, search, samples)
+    if extrapolate is not None and (fresh or search != "grid"):
+        raise ValueError("--extrapolate runs new trials into an existing sweep's log: it cannot be combined with "
+                         "--fresh (which deletes that log) or --search optuna.")
     root = f"{str(storage).rstrip('/')}/{spec.name}"
     data_root = _data_root(root, storage, data_dir, spec)
     fs, base = triallog.filesystem(root)
@@ -600,8 +614,29 @@ def run_sweep(
         if prepare_only:
             log(f"[sweep] --prepare-only: the dataset is ready at {data_root}; no trial was started")
             return root
-        _run_trials(spec, root, data_root, cluster, search, samples, reuse_actors, log)
+        if extrapolate is not None:
+            _run_extrapolation(spec, root, data_root, dataset, cluster, extrapolate, allow_unidentified,
+                               reuse_actors, log)
+        else:
+            _run_trials(spec, root, data_root, cluster, search, samples, reuse_actors, log)
     return root
+
+
+def _run_extrapolation(
+    spec: SweepSpec, root: str, data_root: str, dataset: Dataset, cluster: dict[str, float], k: float,
+    allow_unidentified: bool, reuse_actors: bool, log: Log,
+) -> None:
+    """Plan the trials at ``k`` x the largest budget from the log (``brainray.extrapolate``) and run them."""
+    from brainray import extrapolate as xp
+
+    plan = xp.plan(triallog.read_trials(root), spec, dataset, k, allow_unidentified=allow_unidentified)
+    log(f"[extrapolate] {k:g} x the largest budget run = {plan.budget:.3g} training FLOPs; "
+        f"laws that pick: {', '.join(plan.used)}")
+    for note in plan.notes:
+        log(f"[extrapolate] {note}")
+    log("[extrapolate] planned trials (role = extrapolation):\n" + plan.table().to_string(index=False))
+    _run_trials(spec, root, data_root, cluster, "grid", 0, reuse_actors, log, trials=plan.trials,
+                storage_path=f"{root}/{EXPERIMENT}-extrapolate", name=f"x{k:g}")
 
 
 def _remove_results(fs: pafs.FileSystem, base: str) -> None:
@@ -652,10 +687,16 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 def _run_trials(
     spec: SweepSpec, root: str, data_root: str, cluster: dict[str, float], search: str, samples: int,
-    reuse_actors: bool, log: Log,
+    reuse_actors: bool, log: Log, trials: list[dict[str, Any]] | None = None, storage_path: str | None = None,
+    name: str | None = None,
 ) -> None:
+    """Run a FIFO grid (the spec's trials, or ``trials``) or an Optuna search under ``<storage_path>/<name>``
+    (default ``<root>/tune``, ``<root>/tune-optuna``), logging every trial into ``<root>``'s trial log."""
     constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train), "root": root}
-    if search == "grid":
+    if trials is not None:
+        log(f"[sweep] {len(trials)} trials (FIFO grid)")
+        param_space, search_alg, num_samples = {"trial": tune.grid_search(trials), **constants}, None, 1
+    elif search == "grid":
         trials = spec.runs()
         if spec.train.data_schedule == "reuse":
             n = sum(len(t.get("branches") or [t]) for t in trials)  # a control is one trial
@@ -664,14 +705,14 @@ def _run_trials(
         else:
             log(f"[sweep] {len(trials)} trials over data_frames, n_embd, n_layer, n_head, dtype (FIFO grid)")
         param_space, search_alg = {"trial": tune.grid_search(trials), **constants}, None
-        num_samples, name = 1, EXPERIMENT
+        num_samples, name = 1, name or EXPERIMENT
     else:
         space = _OptunaSpace(spec)
         log(f"[sweep] Optuna search: {samples} trials, {space} (FIFO)")
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(space=space, metric="val_loss", mode="min", seed=int(spec.axes.reference["seed"]))
-        param_space, num_samples, name = constants, samples, f"{EXPERIMENT}-optuna"
+        param_space, num_samples, name = constants, samples, name or f"{EXPERIMENT}-optuna"
 
     trial_log = TrialLogCallback(root, spec.name)
     local_tb = str(Path(tempfile.gettempdir()) / "brainray-tensorboard" / spec.name) if triallog.is_uri(root) else None
@@ -689,12 +730,13 @@ def _run_trials(
         sort_by_metric=False,
     )
     fn = tune.with_resources(trainable, trial_resources(spec, cluster))
-    exp_path = f"{root}/{name}"
+    storage_path = storage_path or root
+    exp_path = f"{storage_path}/{name}"
     if tune.Tuner.can_restore(exp_path):
         log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished and failed ones run again "
             "(from their checkpoints)")
         tuner = tune.Tuner.restore(
-            exp_path, trainable=fn, resume_errored=True, param_space=param_space if search == "grid" else None
+            exp_path, trainable=fn, resume_errored=True, param_space=None if search_alg else param_space
         )
         # The restored run config holds the callbacks pickled by the first run, with the paths
         # of that run: a sweep folder moved or copied since would be written at its old place.
@@ -710,7 +752,7 @@ def _run_trials(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=root,
+                storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=callbacks,

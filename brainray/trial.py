@@ -47,7 +47,7 @@ from brainray.devices import pick_device, use_tf32
 from brainray.dataset import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
-__all__ = ["run", "score_brain", "CHECKPOINT", "PARCEL_R"]
+__all__ = ["run", "score_brain", "n_pairs", "CHECKPOINT", "PARCEL_R"]
 
 CHECKPOINT = "checkpoint.pt"
 PARCEL_R = "_parcel_r"  # key of the per-subject per-parcel r in score_brain's scores (and a trial's final report)
@@ -410,16 +410,25 @@ def _epoch_order(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
+def _clips(ds: Dataset, split: str, data_frames: int | None) -> list[tuple[dict[str, Any], int]]:
+    """(play, whole clips inside the nested prefix of ``data_frames``) for each play of ``split``."""
+    plays = ds.replays(split)
+    takes = budget_prefix([p["n_frames"] for p in plays], data_frames) if data_frames else [p["n_frames"] for p in plays]
+    return [(play, take // ds.clip_span) for play, take in zip(plays, takes)]
+
+
+def n_pairs(ds: Dataset, data_frames: int) -> int:
+    """Training pairs of a data budget, without reading a token: the sample count of the trial's epochs."""
+    return sum(n - 1 for _, n in _clips(ds, "train", data_frames) if n >= 2)
+
+
 def _pairs(ds: Dataset, split: str, data_frames: int | None) -> torch.Tensor:
     """(previous clip, next clip) code sequences within each play: (n_pairs, 2T) int64.
 
     With ``data_frames`` only clips that lie wholly inside the nested prefix count.
     """
-    plays = ds.replays(split)
-    takes = budget_prefix([p["n_frames"] for p in plays], data_frames) if data_frames else [p["n_frames"] for p in plays]
     seqs = []
-    for play, take in zip(plays, takes):
-        n_clips = take // ds.clip_span
+    for play, n_clips in _clips(ds, split, data_frames):
         if n_clips < 2:
             continue
         codes = torch.from_numpy(np.asarray(ds.tokens(play["name"])[:n_clips], dtype=np.int64))

@@ -59,6 +59,11 @@ TRIAL_SCHEMA = pa.schema(
         ("incurred_flops", _FLOAT), ("incurred_gpu_hours", _FLOAT),
         # "untrained": a control (the reference model scored with its initial weights); empty: trained
         ("control", _STR),
+        # "extrapolation": a predict-then-verify trial (brainray.extrapolate), with what was predicted for it
+        ("role", _STR), ("extrapolate_k", _FLOAT), ("extrapolate_budget", _FLOAT), ("extrapolate_pick", _STR),
+        ("predicted_val_loss", _FLOAT), ("predicted_val_loss_lo", _FLOAT), ("predicted_val_loss_hi", _FLOAT),
+        ("predicted_brain_r_mean", _FLOAT), ("predicted_brain_r_mean_lo", _FLOAT),
+        ("predicted_brain_r_mean_hi", _FLOAT), ("prediction_note", _STR),
     ]
 )
 # Per-subject columns (r_mean_<subject>, r_max_<subject>) and per parcel family columns

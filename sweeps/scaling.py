@@ -7,6 +7,7 @@
     python sweeps/scaling.py --preset paper --address auto --prepare-only   # the data, before any sweep
     python sweeps/scaling.py --search optuna --samples 20   # a budgeted Optuna search instead of the grid
     python sweeps/scaling.py --storage s3://bucket/brainray --data-dir /shared/brainray-data
+    python sweeps/scaling.py --extrapolate 4      # predict the best config at 4x the largest budget, run it
 
 Running the same command again resumes an interrupted sweep; ``--fresh`` starts over.
 """
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-actors", choices=("auto", "on", "off"), default="auto",
                     help="run a trial in the previous trial's worker process (auto: on for a local Ray, "
                          "off with --address)")
+    ap.add_argument("--extrapolate", type=float, default=None, metavar="K",
+                    help="predict, then verify: fit this sweep's finished trials, then run the compute-optimal "
+                         "config at K x the largest budget and its IsoFLOP neighbours (role = extrapolation)")
+    ap.add_argument("--allow-unidentified", action="store_true",
+                    help="with --extrapolate: plan even when no law is identified by the sweep (a check, flagged)")
     args = ap.parse_args(argv)
 
     try:
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             spec, storage, address=args.address, fresh=args.fresh, num_cpus=args.num_cpus,
             data_dir=data_dir, search=args.search, samples=args.samples,
             reuse_actors={"auto": None, "on": True, "off": False}[args.reuse_actors],
-            prepare_only=args.prepare_only,
+            prepare_only=args.prepare_only, extrapolate=args.extrapolate,
+            allow_unidentified=args.allow_unidentified,
         )
     except (ValueError, LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -139,3 +140,49 @@ def test_uri_storage_needs_a_posix_data_dir(tmp_path):
     out = _scaling("--preset", "smoke", "--storage", "s3://bucket/brainray", "--no-report")
     assert out.returncode == 2
     assert "--data-dir" in out.stderr and "POSIX" in out.stderr
+
+
+@pytest.mark.slow
+def test_extrapolate_runs_the_predicted_optimum_and_its_neighbours_into_the_same_log(tmp_path):
+    out = _scaling("--preset", "smoke", "--storage", str(tmp_path), "--num-cpus", "2", "--no-report")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    root = tmp_path / "smoke"
+    before = triallog.read_trials(str(root))
+
+    # The smoke sweep pins neither law: refused, naming both laws, and nothing is run
+    refused = _scaling("--preset", "smoke", "--storage", str(tmp_path), "--num-cpus", "2", "--extrapolate", "4")
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert "loss law (val_loss) is not identified" in refused.stderr and "brain law (brain_r_mean)" in refused.stderr
+    assert "--allow-unidentified" in refused.stderr
+    assert len(triallog.read_trials(str(root))) == len(before)
+
+    out = _scaling("--preset", "smoke", "--storage", str(tmp_path), "--num-cpus", "2", "--extrapolate", "4",
+                   "--allow-unidentified")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = triallog.read_trials(str(root))
+    new = log[log["role"] == "extrapolation"]
+    assert len(log) == len(before) + len(new) and set(before["trial_id"]) < set(log["trial_id"])
+    assert (new["status"] == "TERMINATED").all(), new[["trial_id", "status", "error"]]
+    budget = 4 * before.loc[before["control"] == "", "train_flops"].max()
+    assert (new["extrapolate_k"] == 4).all() and np.allclose(new["extrapolate_budget"], budget)
+    optimum = new[new["extrapolate_pick"].str.contains("val_loss optimum")]
+    assert len(optimum) == 1
+    # the optimum spends the budget (its exact cost, up to one batch) on a width beyond the axis, at the reference
+    assert budget * 0.8 < optimum["train_flops"].iloc[0] <= budget * 1.001
+    assert optimum["n_embd"].iloc[0] > max(load_spec("smoke").axes.n_embd)
+    ref = load_spec("smoke").axes.reference
+    assert (new["n_layer"] == ref["n_layer"]).all() and (new["n_head"] == ref["n_head"]).all()
+    widths = sorted(new["n_embd"])  # the optimum and one width step either side
+    assert len(widths) == 3 and widths[1] == optimum["n_embd"].iloc[0] and widths[0] * 2 == widths[1] == widths[2] // 2
+    for m in ("val_loss", "brain_r_mean"):
+        assert new[f"predicted_{m}"].notna().all()
+        assert (new[f"predicted_{m}_lo"] <= new[f"predicted_{m}"]).all()
+        assert (new[f"predicted_{m}"] <= new[f"predicted_{m}_hi"]).all()
+    assert new["prediction_note"].str.contains("--allow-unidentified").all()
+    # never fitted, and shown against their predictions in the report
+    fits = json.loads((root / "frontier" / "fits.json").read_text())
+    left = {r["trial_id"]: r["reason"] for r in fits["left_out"]}
+    assert all("extrapolation" in left[t] for t in new["trial_id"])
+    page = (root / "frontier" / "report.html").read_text()
+    assert "Predict, then verify: extrapolation trials" in page and all(t in page for t in new["trial_id"])
+    assert all(parcels.read_parcel_scores(root, t) is not None for t in new["trial_id"])
