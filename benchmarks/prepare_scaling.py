@@ -77,17 +77,20 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _pss(pids: list[int]) -> int:
-    total = 0
+def _pss(pids: list[int]) -> dict[str, int]:
+    """PSS bytes per process kind (its command name, e.g. ``raylet``, ``ray::IDLE``)."""
+    out: dict[str, int] = {}
     for pid in pids:
         try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            name = Path(name).name if not name.startswith("ray::") else name.split("(")[0][:40]
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+                    out[name] = out.get(name, 0) + int(line.split()[1]) * 1024
                     break
         except OSError:
             continue  # ended meanwhile
-    return total
+    return out
 
 
 def _du(root: Path) -> int:
@@ -102,28 +105,38 @@ def run_scale(scale: int, work: Path) -> dict:
     path.write_text(json.dumps(spec))  # JSON is YAML
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path), str(root)], stdout=subprocess.PIPE,
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    peak = [0]
+    lines: list[str] = []
+    peak: dict = {"total": 0}
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _pss(_tree(proc.pid)))
+            parts = _pss(_tree(proc.pid))
+            if sum(parts.values()) > peak["total"]:
+                peak.update(total=sum(parts.values()), by_process=parts, during=lines[-1] if lines else "")
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out, _ = proc.communicate()
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+    proc.wait()
     sampler.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"prepare at {scale}x failed:\n{out[-3000:]}")
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        raise RuntimeError(f"prepare at {scale}x failed:\n" + "\n".join(lines[-30:]))
+    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
     disk = {sub.name: _du(sub) for sub in root.iterdir() if sub.is_dir()}
-    return {"scale": scale, **result, "peak_pss_bytes": peak[0], "disk_bytes": _du(root), "disk_by_folder": disk}
+    return {"scale": scale, **result, "peak_pss_bytes": peak["total"], "peak_by_process": peak["by_process"],
+            "peak_during": peak["during"], "disk_bytes": _du(root), "disk_by_folder": disk}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the last JSON")
     args = ap.parse_args()
+    if args.report_only:
+        write_report(json.loads((OUT / "prepare_scaling.json").read_text())["rows"])
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="prepare-scaling-") as tmp:
         for scale in args.scales:
@@ -131,13 +144,23 @@ def main() -> None:
             r = rows[-1]
             print(f"{scale:>3}x: {r['train_frames']} training frames, {r['wall_s']:.0f} s, peak PSS "
                   f"{r['peak_pss_bytes'] / 2**20:.0f} MiB, disk {r['disk_bytes'] / 2**20:.1f} MiB", flush=True)
+    write_report(rows)
+
+
+def write_report(rows: list[dict]) -> None:
+    """The JSON and the Markdown table of measured rows (``--report-only`` rewrites them from the JSON)."""
     first, last = rows[0], rows[-1]
     added = last["train_frames"] - first["train_frames"]
     frames = np.array([r["train_frames"] for r in rows], float)
     exponent = float(np.polyfit(np.log(frames), np.log([r["wall_s"] for r in rows]), 1)[0])
+    def training_disk(r: dict) -> int:  # the stimulus runs' frames do not depend on the training frames
+        return r["disk_bytes"] - r["disk_by_folder"].get("frames", 0)
+
     summary = {
         "memory_growth_bytes": last["peak_pss_bytes"] - first["peak_pss_bytes"],
         "disk_bytes_per_added_frame": (last["disk_bytes"] - first["disk_bytes"]) / added if added else None,
+        "disk_bytes_per_added_frame_without_stimulus": (training_disk(last) - training_disk(first)) / added
+        if added else None,
         "wall_exponent": exponent,
     }
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.machine(),
@@ -165,7 +188,14 @@ def main() -> None:
         "", f"- Peak memory grows by {summary['memory_growth_bytes'] / 2**20:.0f} MiB from {first['scale']}x to "
         f"{last['scale']}x (criterion: at most 150 MB).",
         f"- Disk grows by {summary['disk_bytes_per_added_frame']:.1f} bytes per added training frame (criterion: at "
-        "most 64): a training frame costs its bk2 and its tokens; only the stimulus keeps frames.",
+        f"most 64), {summary['disk_bytes_per_added_frame_without_stimulus']:.1f} without the stimulus runs' frames: "
+        "a training frame costs its bk2 and its tokens; only the stimulus keeps frames. (The stimulus plays are "
+        "recorded after the training plays, with the next seeds, so their lengths, hence their frames, differ "
+        "a little from size to size.)",
+        *(f"- Peak at {r['scale']}x, during `{r.get('peak_during', '')[:70]}`: "
+          + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(r.get("peak_by_process", {}).items(),
+                                                             key=lambda kv: -kv[1])[:4]) + " MiB"
+          for r in rows),
         f"- Wall time grows as frames^{exponent:.2f}. The VQ-VAE's steps are the same at every size, so its "
         "training is a fixed cost; recording, replaying and tokenizing grow with the frames.",
     ]

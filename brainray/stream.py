@@ -41,12 +41,17 @@ from brainray.devices import pick_device
 __all__ = ["Clips", "OBJECT_STORE_BUDGET", "draw", "ray_session", "train_tokenizer", "write_tokens"]
 
 Log = Callable[[str], None]
-#: Bytes of Ray's object store that a stream may fill before it waits for its consumer.
-OBJECT_STORE_BUDGET = 256 * 2**20
+#: Bytes of Ray's object store that a stream may fill before it waits for its consumer: a few
+#: blocks ahead of the VQ-VAE is all it needs (measured: 256 MB let a 16x-larger dataset's
+#: clips pile up there, 170 MB more; benchmarks/prepare_scaling.py).
+OBJECT_STORE_BUDGET = 64 * 2**20
+#: Largest block a replay task emits: a play's clips leave in pieces, not as one block per play.
+BLOCK_BYTES = 8 * 2**20
 #: Clips that the mean frame and the pixel variance are measured on (a seeded sample).
 STATS_CLIPS = 4096
-#: Bytes of clips in the training shuffle buffer.
-SHUFFLE_BYTES = 128 * 2**20
+#: Bytes of clips in the training shuffle buffer (at least 4 batches). It is a fixed cost, paid
+#: in full once the data is larger than it: 128 MB added 270 MB to a 16x-larger prepare's peak.
+SHUFFLE_BYTES = 32 * 2**20
 _CODE_BATCH = 64  # clips per tokenizer call
 
 
@@ -91,6 +96,7 @@ def ray_session() -> Iterator[None]:
 def _context() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the seed fixes the order of the clips
+    ctx.target_max_block_size = BLOCK_BYTES
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
         object_store_memory=OBJECT_STORE_BUDGET
     )
@@ -106,7 +112,8 @@ def _frames(row: dict[str, Any], size: int) -> Iterator[np.ndarray]:
     if row["frames"]:
         stored = video.FrameStore(row["frames"]).open(row["name"])
         return (stored[i : i + 1024] for i in range(0, len(stored), 1024))
-    return (p.frames for p in gameplay.iter_replay(row["bk2"], row["game"], size=size))
+    # 64 native frames at a time: the resize's float copy stays ~50 MB at 224x320
+    return (p.frames for p in gameplay.iter_replay(row["bk2"], row["game"], size=size, chunk=64))
 
 
 def _play_clips(row: dict[str, Any], clips: Clips) -> Iterator[dict[str, Any]]:
@@ -185,7 +192,9 @@ def _train(
     t0 = time.perf_counter()
     dev = pick_device("auto")
     held = min(0.1, holdout / n)  # clips with draw < held are held out
-    log(f"[tokenizer] training the VQ-VAE on {n} clips of {clips.span} frames for {steps} steps on {dev.type}")
+    node = ray.get_runtime_context().get_node_id()[:12]
+    log(f"[tokenizer] training the VQ-VAE on {n} clips of {clips.span} frames for {steps} steps on {dev.type} "
+        f"(node {node})")
     state = _load_checkpoint(Path(checkpoint), config, batch_size, seed, steps)
     torch.manual_seed(seed)
     sample = _between(base, held, held + (1 - held) * min(1.0, STATS_CLIPS / n))
@@ -205,7 +214,7 @@ def _train(
             epoch = position["epoch"]
             stream = train.randomize_block_order(seed=seed * 100_003 + epoch).iter_batches(
                 batch_size=batch_size, batch_format="numpy", drop_last=True,
-                local_shuffle_buffer_size=max(batch_size, SHUFFLE_BYTES // clips.nbytes),
+                local_shuffle_buffer_size=max(4 * batch_size, SHUFFLE_BYTES // clips.nbytes),
                 local_shuffle_seed=seed * 100_003 + epoch,
             )
             for k, batch in enumerate(stream):
@@ -283,7 +292,8 @@ def _code(batch: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
     """Codes of a batch of clips (the clips are dropped: only the codes travel on)."""
     if path not in _CODERS:
         _CODERS[path] = vqvae.load_vqvae(path, device=str(pick_device("auto")))
-    return {"name": batch["name"], "index": batch["index"], "codes": vqvae.tokenize(_CODERS[path], batch["clip"])}
+    clips = np.require(batch["clip"], requirements="W")  # Ray's batches are read-only; torch wants to own them
+    return {"name": batch["name"], "index": batch["index"], "codes": vqvae.tokenize(_CODERS[path], clips)}
 
 
 class _GPUCoder:

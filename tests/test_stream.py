@@ -94,3 +94,36 @@ def test_a_prepare_killed_while_its_tokenizer_trains_resumes_from_its_checkpoint
     assert ds.manifest["tokenizer"]["metrics"] | {"wall_s": 0} == tiny_dataset.manifest["tokenizer"]["metrics"] | {"wall_s": 0}
     for r in tiny_dataset.manifest["replays"]:
         assert np.array_equal(ds.tokens(r["name"]), tiny_dataset.tokens(r["name"]))
+
+
+@pytest.mark.slow
+def test_on_a_cluster_with_a_gpu_the_tokenizer_trains_and_codes_on_the_gpu_node(plays, tmp_path):
+    """The head has no GPU, a worker node has one (Ray's resource; torch falls back to the CPU here):
+    the training runs in a task on that node, and the tokens come from GPU actors."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    config = vqvae.VQVAEConfig(clip_frames=8, frame_size=16, downsample=(4, 4, 4), n_hiddens=16, n_codes=32,
+                               embedding_dim=16, lr=1e-3)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        logs: list[str] = []
+        n = sum(p["n_frames"] // CLIPS.span for p in plays)
+        model, _, _ = stream.train_tokenizer(stream.training_clips(plays, CLIPS, 0, logs.append), n, CLIPS, config,
+                                             4, 8, 0, tmp_path / "ckpt", logs.append, holdout=6)
+        assert any("on a GPU worker" in line for line in logs), logs
+        ran = next(line for line in logs if line.startswith("[tokenizer] training the VQ-VAE"))
+        assert f"(node {gpu_node.node_id[:12]})" in ran  # not on the CPU-only head
+        vqvae.save_vqvae(model, tmp_path / "vqvae.pt")
+        saved: dict[str, np.ndarray] = {}
+        stream.write_tokens(stream.clip_stream(plays, CLIPS), plays, tmp_path / "vqvae.pt", saved.__setitem__,
+                            config.latent_shape, logs.append)
+        assert any("on 1 GPU actor(s)" in line for line in logs), logs
+        for p in plays:  # the actors' codes are the model's codes
+            assert np.array_equal(saved[p["name"]], vqvae.tokenize(model, _in_memory(p)))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
