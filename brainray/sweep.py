@@ -64,15 +64,19 @@ Log = Callable[[str], None]
 _CHECKPOINT_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """Tune function trainable: flatten the grid point, resume, run the plain trial."""
+def trainable(config: dict[str, Any], root: str | None = None) -> None:
+    """Tune function trainable: flatten the grid point, resume, run the plain trial.
+
+    ``root`` (the sweep folder, for the per-parcel tables) comes through ``tune.with_parameters``,
+    not the config: a restored config keeps the path of the first run, and a sweep folder moved
+    since would be written at its old place.
+    """
     for name in _CHECKPOINT_LOGGERS:  # one "Checkpoint successfully created" line per epoch is noise
         logging.getLogger(name).setLevel(logging.WARNING)
     # Read by Tune in this process when it reuses it for the next trial (a user's own value is kept);
     # set here, the one place that runs in every trial's process however Ray was started.
     os.environ.setdefault(*_REUSE_WAIT)
-    flat = {**{k: v for k, v in config.items() if k not in ("trial", "root")}, **config["trial"]}
-    root = config.get("root")
+    flat = {**{k: v for k, v in config.items() if k != "trial"}, **config["trial"]}
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         parcel_r = metrics.get(trial_mod.PARCEL_R)
@@ -692,7 +696,7 @@ def _run_trials(
 ) -> None:
     """Run a FIFO grid (the spec's trials, or ``trials``) or an Optuna search under ``<storage_path>/<name>``
     (default ``<root>/tune``, ``<root>/tune-optuna``), logging every trial into ``<root>``'s trial log."""
-    constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train), "root": root}
+    constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train)}
     if trials is not None:
         log(f"[sweep] {len(trials)} trials (FIFO grid)")
         param_space, search_alg, num_samples = {"trial": tune.grid_search(trials), **constants}, None, 1
@@ -729,7 +733,7 @@ def _run_trials(
         max_report_frequency=30,
         sort_by_metric=False,
     )
-    fn = tune.with_resources(trainable, trial_resources(spec, cluster))
+    fn = tune.with_resources(tune.with_parameters(trainable, root=root), trial_resources(spec, cluster))
     storage_path = storage_path or root
     exp_path = f"{storage_path}/{name}"
     if tune.Tuner.can_restore(exp_path):
