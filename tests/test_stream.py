@@ -110,17 +110,20 @@ def test_on_a_cluster_with_a_gpu_the_tokenizer_trains_and_codes_on_the_gpu_node(
         gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
-        logs: list[str] = []
+        from ray.util.queue import Queue
+
+        lines = Queue(actor_options={"num_cpus": 0})  # as the sweep's prepare task logs: from any node
         n = sum(p["n_frames"] // CLIPS.span for p in plays)
-        model, _, _ = stream.train_tokenizer(stream.training_clips(plays, CLIPS, 0, logs.append), n, CLIPS, config,
-                                             4, 8, 0, tmp_path / "ckpt", logs.append, holdout=6)
+        model, _, _ = stream.train_tokenizer(stream.training_clips(plays, CLIPS, 0, lines.put), n, CLIPS, config,
+                                             4, 8, 0, tmp_path / "ckpt", lines.put, holdout=6)
+        logs = [lines.get() for _ in range(lines.qsize())]
         assert any("on a GPU worker" in line for line in logs), logs
         ran = next(line for line in logs if line.startswith("[tokenizer] training the VQ-VAE"))
         assert f"(node {gpu_node.node_id[:12]})" in ran  # not on the CPU-only head
         vqvae.save_vqvae(model, tmp_path / "vqvae.pt")
         saved: dict[str, np.ndarray] = {}
         stream.write_tokens(stream.clip_stream(plays, CLIPS), plays, tmp_path / "vqvae.pt", saved.__setitem__,
-                            config.latent_shape, logs.append)
+                            config.latent_shape, logs.append)  # here, in the driver
         assert any("on 1 GPU actor(s)" in line for line in logs), logs
         for p in plays:  # the actors' codes are the model's codes
             assert np.array_equal(saved[p["name"]], vqvae.tokenize(model, _in_memory(p)))
