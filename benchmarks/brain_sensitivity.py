@@ -38,7 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from brainray import frontier, triallog  # noqa: E402
