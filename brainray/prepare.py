@@ -483,7 +483,7 @@ def _tokenize(tk: TokenizerSpec, d: DataSpec, root: Path, replays: list[dict[str
     with stream.ray_session():
         base = stream.training_clips(train, clips, tk.cache_mb * 2**20, log)
         model, metrics, examples = stream.train_tokenizer(
-            base, sum(p["n_frames"] // clips.span for p in train), clips, config, tk.steps, tk.batch_size,
+            base, stream.n_clips(train, clips), clips, config, tk.steps, tk.batch_size,
             d.seed, root / CHECKPOINT, log,
         )
         vqvae.save_vqvae(model, root / "vqvae.pt")

@@ -38,7 +38,7 @@ import torch
 from brainray import gameplay, reaper, video, vqvae
 from brainray.devices import pick_device
 
-__all__ = ["Clips", "OBJECT_STORE_BUDGET", "draw", "ray_session", "train_tokenizer", "write_tokens"]
+__all__ = ["Clips", "OBJECT_STORE_BUDGET", "draw", "n_clips", "ray_session", "train_tokenizer", "write_tokens"]
 
 Log = Callable[[str], None]
 #: Bytes of Ray's object store that a stream may fill before it waits for its consumer: a few
@@ -136,7 +136,7 @@ def training_clips(plays: list[dict[str, Any]], clips: Clips, cache_bytes: int, 
     """The clips of the training plays: streamed from their bk2 at every read, or, when they
     fit in ``cache_bytes``, replayed once and kept in Ray's object store (a small dataset such
     as the demo would otherwise replay its plays once per epoch)."""
-    n = _n_clips(plays, clips)
+    n = n_clips(plays, clips)
     ds = clip_stream(plays, clips)
     if n * clips.nbytes > cache_bytes:
         log(f"[tokenizer] {n} training clips ({n * clips.nbytes / 2**30:.2f} GiB) stream from their bk2 at every epoch")
@@ -151,7 +151,8 @@ def _between(ds: ray.data.Dataset, lo: float, hi: float) -> ray.data.Dataset:
     return ds.filter(expr=(col("draw") >= lo) & (col("draw") < hi))
 
 
-def _n_clips(plays: list[dict[str, Any]], clips: Clips) -> int:
+def n_clips(plays: list[dict[str, Any]], clips: Clips) -> int:
+    """Clips that the plays (with their ``n_frames``) hold."""
     return sum(int(p["n_frames"]) // clips.span for p in plays)
 
 

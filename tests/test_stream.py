@@ -112,7 +112,7 @@ def test_on_a_cluster_with_a_gpu_the_tokenizer_trains_and_codes_on_the_gpu_node(
         from ray.util.queue import Queue
 
         lines = Queue(actor_options={"num_cpus": 0})  # as the sweep's prepare task logs: from any node
-        n = sum(p["n_frames"] // CLIPS.span for p in plays)
+        n = stream.n_clips(plays, CLIPS)
         model, _, _ = stream.train_tokenizer(stream.training_clips(plays, CLIPS, 0, lines.put), n, CLIPS, config,
                                              4, 8, 0, tmp_path / "ckpt", lines.put, holdout=6)
         logs = [lines.get() for _ in range(lines.qsize())]
