@@ -14,6 +14,9 @@ result), then writes into ``out_dir``:
   against training each size from scratch, and the loss along the data axis per schedule;
 - ``parcels.png``: the best trial's r against the noise ceiling per parcel, by family and
   receptive field, when its per-parcel table is there (:mod:`brainray.parcels`);
+- ``brainmap_r.png`` and ``brainmap_delta_<axis>.png``: on measured data with a labels atlas
+  (CNeuroMod: ``data.atlas``), ``nilearn.plotting`` maps of the best trial's r per parcel and of
+  the change of r per parcel at each step along each axis (:func:`_map_analysis` gives the rule);
 - ``report.html``: one file that opens offline: images embedded as base64, inline CSS, and
   interactive Plotly versions of the frontier, IsoFLOP and per-axis plots (hover a point for
   its trial's configuration and scores; drag to zoom) with plotly.js embedded. It opens with
@@ -43,14 +46,15 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
 
-from brainray import frontier, parcels, reuse  # noqa: E402
+from brainray import frontier, parcels, reuse, triallog  # noqa: E402
 from brainray.frontier import (  # noqa: E402
     AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier, pareto_front, score_families,
 )
-from brainray.frontier import _short_value as _short  # noqa: E402
+from brainray.frontier import _mode, _short_value as _short  # noqa: E402
 
-__all__ = ["write_report", "PLOTS", "REUSE_PLOT", "PARCEL_PLOT"]
+__all__ = ["write_report", "PLOTS", "REUSE_PLOT", "PARCEL_PLOT", "BRAIN_MAP"]
 
 PLOTS = ("frontier_loss.png", "frontier_brain.png", "isoflop.png", "axis_effects.png",
          "loss_curves.png")
@@ -69,7 +73,8 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
                  analysis: dict[str, Any] | None = None,
                  title: str = "brainray compute-optimal frontier",
                  bootstrap: int = 200, seed: int = 0, live: bool | None = None,
-                 parcels_df: pd.DataFrame | None = None, parcels_root: str | Path | None = None) -> Path:
+                 parcels_df: pd.DataFrame | None = None, parcels_root: str | Path | None = None,
+                 atlas: Any = None) -> Path:
     """Write the frontier report of a trial log into ``out_dir``.
 
     Parameters
@@ -101,6 +106,10 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
     parcels_root : str or Path, optional
         The sweep folder (a path or a URI) whose ``parcels/`` holds the per-parcel tables;
         default ``<out_dir>/..``.
+    atlas : Niimg-like, optional
+        Labels atlas the parcels were extracted with (path or image); with it the report draws
+        brain maps. None: ``data.atlas`` of ``<parcels_root>/spec.json`` when its ``data.source``
+        is ``"cneuromod"``, else no maps (a simulated brain has no atlas).
 
     Returns
     -------
@@ -121,8 +130,10 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         analysis = analyze(trials_df, bootstrap=bootstrap, seed=seed, strict=False)
     state = _sweep_state(out) if live is None else ("running" if live else "ended")
     best = _best_trial(analysis)
+    root = out.parent if parcels_root is None else parcels_root
     if parcels_df is None and best is not None:
-        parcels_df = parcels.read_parcel_scores(out.parent if parcels_root is None else parcels_root, best)
+        parcels_df = parcels.read_parcel_scores(root, best)
+    maps = _map_analysis(parcels_df, best, analysis["usable"], root, _sweep_atlas(root) if atlas is None else atlas)
 
     notes: dict[str, str] = {}
     plotters = {
@@ -137,6 +148,11 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         plotters[PARCEL_PLOT] = lambda p: _plot_parcels(parcels_df, best, p)
     else:
         (out / PARCEL_PLOT).unlink(missing_ok=True)
+    map_plots = _map_plotters(maps)
+    for stale in out.glob("brainmap_*.png"):
+        if stale.name not in map_plots:
+            stale.unlink()
+    plotters.update(map_plots)
     reuse_info = _reuse_analysis(trials_df, bootstrap, seed)
     if reuse_info is not None:
         plotters[REUSE_PLOT] = lambda p: _plot_reuse(trials_df, reuse_info, p)
@@ -156,6 +172,8 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
         summary["data_reuse"] = _reuse_to_dict(reuse_info)
     if parcels_df is not None:
         summary["parcels"] = {"trial_id": best, "summary": parcels.summarize(parcels_df).to_dict(orient="records")}
+    if maps is not None:
+        summary["brain_maps"] = _maps_to_dict(maps)
     summary.update(title=title, plots=notes, sweep_state=state,
                    generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat())
     summary = _jsonable(summary)
@@ -163,7 +181,7 @@ def write_report(trials_df: pd.DataFrame, out_dir: str | Path,
     analysis["allocation"].to_csv(out / "allocation.csv", index=False)
     report = out / "report.html"
     page = _html(trials_df, analysis, notes, out, title, reuse_info, state=state,
-                 parcel_html=_parcel_section(parcels_df, best, out, notes))
+                 parcel_html=_parcel_section(parcels_df, best, out, notes) + _map_section(maps, out, notes))
     tmp = report.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(report)  # a browser reloading the live page never reads half a file
@@ -630,6 +648,146 @@ def _parcel_section(table: pd.DataFrame | None, trial_id: str | None, out: Path,
             "cell of the parcel's main pixel feature.</p>"
             + _img(out, PARCEL_PLOT, notes, "per-parcel r against the noise ceiling")
             + _table(summary, left=("family", "receptive_field"), scroll=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Brain maps (measured data with a labels atlas; nilearn.plotting on its bundled MNI template)
+# ---------------------------------------------------------------------------------------
+
+BRAIN_MAP = "brainmap_r.png"  # the best trial's r per parcel; brainmap_delta_<axis>.png beside it
+_MAP_CUTS = 7  # axial slices per row, evenly spaced over the atlas
+
+
+def _delta_map(axis: str) -> str:
+    return f"brainmap_delta_{axis}.png"
+
+
+def _sweep_atlas(root: str | Path) -> str | None:
+    """``data.atlas`` of the sweep's ``spec.json`` (the dataset manifest records the same ``data``) when the
+    data are CNeuroMod; None for a simulated brain or a folder that no sweep wrote."""
+    fs, base = triallog.filesystem(str(root))
+    path = f"{base.rstrip('/')}/spec.json"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        data = json.loads(f.read()).get("data", {})
+    return (data.get("atlas") or None) if data.get("source") == "cneuromod" else None
+
+
+def _map_analysis(table: pd.DataFrame | None, best: str | None, usable: pd.DataFrame, root: str | Path,
+                  atlas: Any) -> dict[str, Any] | None:
+    """What the brain maps show; None without an atlas.
+
+    ``r``: the best trial's r per parcel, its mean over subjects. ``deltas``:
+    :func:`brainray.parcels.axis_deltas` on the usable trials, with the reference config of the per-axis
+    effects (the most common value of each axis); so the map of a step such as ``n_embd 16 -> 48`` is,
+    per parcel, the r of the trials at width 48 minus that of the trials at width 16 (each the mean over
+    their seeds), every other axis at the reference. ``error`` says why there is no map.
+    """
+    if atlas is None:
+        return None
+    import nibabel as nib
+    from nilearn.image import load_img
+
+    info: dict[str, Any] = {"atlas": str(atlas) if isinstance(atlas, (str, Path)) else "(image)", "trial_id": best,
+                            "error": None, "reference": {}}
+    if table is None:
+        info["error"] = "no per-parcel scores for the best trial"
+        return info
+    try:
+        info["img"] = load_img(atlas)
+        n_labels = len(parcels.atlas_labels(info["img"]))
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
+        info["error"] = f"the atlas {info['atlas']} cannot be read ({type(err).__name__}: {err})"
+        return info
+    info["r"] = parcels.parcel_means(table)
+    if len(info["r"]) != n_labels:
+        info["error"] = (f"the best trial has {len(info['r'])} parcels but the atlas {info['atlas']} has {n_labels} "
+                         "labels: its scores come from another atlas")
+        return info
+    info["reference"] = {a: _mode(usable[a]) for a in AXES if a in usable.columns and usable[a].notna().any()}
+    info["deltas"] = parcels.axis_deltas(
+        usable, info["reference"], lambda t: table if t == best else parcels.read_parcel_scores(root, t))
+    return info
+
+
+def _map_steps(deltas: pd.DataFrame) -> pd.DataFrame:
+    """One row per axis step: the trials at each end and how its parcels moved."""
+    g = deltas.assign(_up=deltas["delta_r"] > 0).groupby(["axis", "lo_value", "hi_value"], sort=False)
+    return g.agg(n_lo=("n_lo", "first"), n_hi=("n_hi", "first"), n_parcels=("parcel", "size"),
+                 mean_delta_r=("delta_r", "mean"), parcels_up=("_up", "sum"),
+                 max_abs_delta_r=("delta_r", lambda d: d.abs().max())).reset_index()
+
+
+def _maps_to_dict(info: dict[str, Any]) -> dict[str, Any]:
+    return {"atlas": info["atlas"], "trial_id": info["trial_id"], "error": info["error"],
+            "reference": info["reference"],
+            "steps": [] if info["error"] else _map_steps(info["deltas"]).to_dict(orient="records")}
+
+
+def _map_plotters(info: dict[str, Any] | None) -> dict[str, Any]:
+    """The map files of the report and how to draw each (the plotters of :func:`write_report`)."""
+    if info is None:
+        return {}
+    if info["error"] is not None:
+        return {BRAIN_MAP: lambda p: info["error"]}
+    plots = {BRAIN_MAP: lambda p: _plot_r_map(info, p)}
+    for axis in dict.fromkeys(info["deltas"]["axis"]):
+        plots[_delta_map(axis)] = lambda p, axis=axis: _plot_delta_map(info, axis, p)
+    return plots
+
+
+def _map_rows(info: dict[str, Any], rows: list[tuple[str, pd.Series]], path: Path) -> None:
+    """One row of axial slices per (title, r per parcel), on one colour scale symmetric about 0."""
+    from nilearn import plotting
+
+    from nibabel.affines import apply_affine
+
+    img = info["img"]
+    z = apply_affine(img.affine, np.argwhere(np.asarray(img.dataobj) != 0))[:, 2]  # labelled voxels, mm
+    cuts = np.linspace(z.min(), z.max(), _MAP_CUTS + 2)[1:-1]
+    vmax = max(float(max(v.abs().max() for _, v in rows)), 1e-6)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 2.3 * len(rows)), squeeze=False)
+    for ax, (title, values) in zip(axes[:, 0], rows):
+        painted = parcels.paint(img, values.reindex(info["r"].index).fillna(0.0).to_numpy())
+        display = plotting.plot_stat_map(painted, display_mode="z", cut_coords=cuts, axes=ax, vmax=vmax,
+                                         symmetric_cbar=True, cmap="RdBu_r", black_bg=False,
+                                         resampling_interpolation="nearest")  # parcels keep their edges
+        display.title(title, size=10, color="k", bgcolor="w")
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def _plot_r_map(info: dict[str, Any], path: Path) -> str | None:
+    r = info["r"]
+    _map_rows(info, [(f"r per parcel, best trial {info['trial_id']} (mean {r.mean():.3f}, over subjects)", r)], path)
+    return None
+
+
+def _plot_delta_map(info: dict[str, Any], axis: str, path: Path) -> str | None:
+    d = info["deltas"][info["deltas"]["axis"] == axis]
+    rows = [(f"{axis} {_short(lo)} → {_short(hi)}: Δr per parcel (mean {g['delta_r'].mean():+.3f})",
+             g.set_index("parcel")["delta_r"]) for (lo, hi), g in d.groupby(["lo_value", "hi_value"], sort=False)]
+    _map_rows(info, rows, path)
+    return None
+
+
+def _map_section(info: dict[str, Any] | None, out: Path, notes: dict[str, str]) -> str:
+    if info is None:
+        return ("<p class='note'>No brain maps: they need the labels atlas of measured data (CNeuroMod's "
+                "<code>data.atlas</code>); this dataset has none.</p>")
+    head = f"<h3>Brain maps</h3><p class='note'>Atlas <code>{html.escape(info['atlas'])}</code>. "
+    if info["error"] is not None:
+        return head + "</p>" + _img(out, BRAIN_MAP, notes, "r per parcel of the best trial")
+    steps = _map_steps(info["deltas"])
+    ref = ", ".join(f"{a}={_short(v)}" for a, v in info["reference"].items())
+    parts = [head + "Each parcel painted with its held-out r, mean over subjects, on nilearn's MNI template.</p>",
+             _img(out, BRAIN_MAP, notes, "r per parcel of the best trial"),
+             f"<p class='note'>Change of r per parcel at each step along an axis (red: the larger value scores "
+             f"better), every other axis at the reference ({html.escape(ref)}); each end is the mean over its trials "
+             "(seeds). Axes with fewer than two values on that line, or without per-parcel scores, have no map.</p>"]
+    parts += [_img(out, _delta_map(a), notes, f"delta r per parcel along {a}") for a in dict.fromkeys(steps["axis"])]
+    return "\n".join(parts) + _table(steps, left=("axis", "lo_value", "hi_value"))
 
 
 # ---------------------------------------------------------------------------------------

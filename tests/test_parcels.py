@@ -1,11 +1,13 @@
-"""Tests for brainray.parcels: the per-parcel table of a trial, its file, and its summary."""
+"""Tests for brainray.parcels: the per-parcel table of a trial, its file, its summary and its brain maps."""
 
 from types import SimpleNamespace
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
+from bids_tree import labels
 from brainray import parcels, simbrain
 from brainray.simbrain import Parcel
 
@@ -57,3 +59,61 @@ def test_parcel_scores_round_trip_through_a_uri(tmp_path):
     assert not list((tmp_path / "sweep" / "parcels").glob(".*"))  # no temp file left behind
     pd.testing.assert_frame_equal(parcels.read_parcel_scores(root, "0a850_00011"), t)
     assert parcels.read_parcel_scores(root, "0a850_00012") is None
+
+
+# ----------------------------------------------------------------------------- brain maps
+
+
+def _atlas() -> nib.Nifti1Image:
+    """bids_tree's four quadrant labels as 10, 20, 30, 40 (not 1..4), 20 mm voxels over MNI space."""
+    affine = np.array([[20.0, 0, 0, -60], [0, 20, 0, -90], [0, 0, 20, -50], [0, 0, 0, 1]])
+    return nib.Nifti1Image(10 * labels(), affine)
+
+
+def _measured(trial_id: str, r: list[float], subjects: tuple[str, ...] = ("sub-01",)) -> pd.DataFrame:
+    """A measured trial's table (parcels p0000...), the same r for every subject."""
+    ds = SimpleNamespace(subject=lambda name: SimpleNamespace(ceiling=None))
+    return parcels.parcel_table(ds, {s: r for s in subjects}, trial_id=trial_id)
+
+
+def test_paint_puts_each_parcels_value_inside_its_label():
+    atlas = _atlas()
+    assert list(parcels.atlas_labels(atlas)) == [10, 20, 30, 40]
+    values = [0.1, -0.2, 0.3, 0.45]
+    img = parcels.paint(atlas, values)
+    labels, data = np.asarray(atlas.dataobj), np.asarray(img.dataobj)
+    assert data.shape == labels.shape and np.array_equal(img.affine, atlas.affine)
+    for label, v in zip((10, 20, 30, 40), values):
+        np.testing.assert_allclose(data[labels == label], v, rtol=1e-6)
+    with_background = np.where(labels == 40, 0, labels)  # a label image with background voxels
+    img = parcels.paint(nib.Nifti1Image(with_background, atlas.affine), values[:3])
+    assert (np.asarray(img.dataobj)[labels == 40] == 0).all()
+    with pytest.raises(ValueError, match="paint: 3 parcel values for an atlas of 4 labels"):
+        parcels.paint(atlas, values[:3])
+
+
+def test_parcel_means_average_subjects_in_the_dataset_order():
+    t = pd.concat([_measured("t", [0.1, 0.2, 0.3], ("sub-01",)), _measured("t", [0.3, 0.0, 0.1], ("sub-02",))])
+    m = parcels.parcel_means(t)
+    assert list(m.index) == ["p0000", "p0001", "p0002"]
+    np.testing.assert_allclose(m, [0.2, 0.1, 0.2])
+
+
+def test_axis_deltas_step_along_each_axis_at_the_reference():
+    trials = pd.DataFrame(
+        [("w16", 16, 2), ("w48a", 48, 2), ("w48b", 48, 2), ("w96", 96, 2), ("l1", 48, 1), ("l4", 48, 4),
+         ("off", 96, 4)], columns=["trial_id", "n_embd", "n_layer"])
+    r = {"w16": [0.1, 0.3], "w48a": [0.2, 0.2], "w48b": [0.4, 0.2], "w96": [0.5, 0.1], "l1": [0.0, 0.0],
+         "off": [9.0, 9.0]}  # l4 has no table: n_layer has one step, 1 -> 2
+    read = lambda t: _measured(t, r[t]) if t in r else None  # noqa: E731
+    d = parcels.axis_deltas(trials, {"n_embd": 48, "n_layer": 2}, read)
+    got = {(a, lo, hi, p): v for a, lo, hi, p, v in d[["axis", "lo_value", "hi_value", "parcel", "delta_r"]].values}
+    expected = {("n_embd", 16, 48, "p0000"): 0.2, ("n_embd", 16, 48, "p0001"): -0.1,  # 48: mean of two seeds
+                ("n_embd", 48, 96, "p0000"): 0.2, ("n_embd", 48, 96, "p0001"): -0.1,
+                ("n_layer", 1, 2, "p0000"): 0.3, ("n_layer", 1, 2, "p0001"): 0.2}
+    assert got.keys() == expected.keys()  # "off" (n_layer 4) is on neither reference line
+    for key, v in expected.items():
+        assert got[key] == pytest.approx(v), key
+    step = d[(d["axis"] == "n_embd") & (d["lo_value"] == 16)]
+    assert (step["n_lo"] == 1).all() and (step["n_hi"] == 2).all()
+    assert parcels.axis_deltas(trials, {"n_embd": 48, "n_layer": 2}, lambda t: None).empty

@@ -2,6 +2,7 @@
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -238,6 +239,66 @@ def test_report_maps_the_best_trials_parcels(tmp_path, trials):
                ["parcels"]["summary"]}
     assert summary[("object", "")]["n"] == 8 and summary[("object", "")]["ceiling_frac"] == pytest.approx(0.6, abs=0.02)
     assert summary[("none", "")]["ceiling_frac"] is None  # no ceiling, no fraction
+    assert "No brain maps: they need the labels atlas" in text  # a simulated brain has no atlas
+    assert not list(out.glob("brainmap_*.png")) and "brain_maps" not in json.loads((out / "fits.json").read_text())
+    atlas = _atlas(tmp_path)  # 4 labels for 12 parcels: said, and no map drawn
+    text = write_report(trials, out, analysis=res, atlas=atlas).read_text()
+    assert f"the best trial has 12 parcels but the atlas {atlas} has 4 labels" in text
+    assert not list(out.glob("brainmap_*.png"))
+
+
+def _atlas(folder) -> str:
+    """bids_tree's four quadrant labels as 10..40, 20 mm voxels over MNI space, as a NIfTI file."""
+    import nibabel as nib
+
+    from bids_tree import labels
+
+    path = folder / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(10 * labels(), np.array([[20.0, 0, 0, -60], [0, 20, 0, -90], [0, 0, 20, -50],
+                                                       [0, 0, 0, 1]])), path)
+    return str(path)
+
+
+WEIGHTS = np.array([1.0, 0.5, -1.0, 2.0])  # a parcel's r is brain_r_mean times its weight
+
+
+def test_report_draws_brain_maps_for_cneuromod_with_an_atlas(tmp_path, trials):
+    from brainray import parcels
+
+    res = analyze(trials, bootstrap=0)
+    ds = SimpleNamespace(subject=lambda name: SimpleNamespace(ceiling=None))  # measured: no ceiling
+    for t in res["usable"].itertuples():
+        r = t.brain_r_mean * WEIGHTS
+        parcels.write_parcel_scores(tmp_path, t.trial_id, parcels.parcel_table(
+            ds, {"sub-01": r - 0.01, "sub-02": r + 0.01}, trial_id=t.trial_id))
+    (tmp_path / "spec.json").write_text(json.dumps({"data": {"source": "cneuromod", "atlas": _atlas(tmp_path)}}))
+    out = tmp_path / "frontier"
+    (out / "brainmap_delta_gone.png").parent.mkdir()
+    (out / "brainmap_delta_gone.png").write_bytes(b"stale")
+    text = write_report(trials, out, analysis=res).read_text()  # the atlas comes from the sweep's spec.json
+
+    d = json.loads((out / "fits.json").read_text())["brain_maps"]
+    assert d["error"] is None and d["atlas"] == str(tmp_path / "atlas.nii.gz")
+    assert d["reference"] == {"n_embd": 256, "n_layer": 4, "n_head": 4, "data_frames": 1_000_000, "dtype": "fp32"}
+    steps = {(s["axis"], s["lo_value"], s["hi_value"]): s for s in d["steps"]}
+    assert set(steps) == {("n_embd", 64, 128), ("n_embd", 128, 256), ("n_layer", 2, 4),
+                          ("data_frames", 10_000, 100_000), ("data_frames", 100_000, 1_000_000),
+                          ("dtype", "fp16", "fp32")}  # n_head has one value: no step
+    ref = res["usable"].set_index(["n_embd", "n_layer", "data_frames", "dtype"])["brain_r_mean"]
+    gain = ref.loc[(128, 4, 1_000_000, "fp32")] - ref.loc[(64, 4, 1_000_000, "fp32")]
+    s = steps[("n_embd", 64, 128)]
+    assert s["n_lo"] == s["n_hi"] == 1 and s["n_parcels"] == 4
+    assert s["mean_delta_r"] == pytest.approx(gain * WEIGHTS.mean())
+    assert s["parcels_up"] == (3 if gain > 0 else 1)  # the sign follows each parcel's weight
+
+    names = ["brainmap_r.png"] + [f"brainmap_delta_{a}.png" for a in ("n_embd", "n_layer", "data_frames", "dtype")]
+    assert sorted(p.name for p in out.glob("brainmap_*.png")) == sorted(names)  # the stale map is gone
+    for name in names:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "<h3>Brain maps</h3>" in text and "No brain maps" not in text
+    section = text.split("<h3>Brain maps</h3>", 1)[1].split("<h2", 1)[0]
+    assert section.count("src='data:image/png;base64,") == len(names)  # embedded: the page opens offline
+    assert "(red: the larger value scores better)" in section and "mean_delta_r" in section
 
 
 @pytest.mark.slow
