@@ -117,3 +117,14 @@ def test_axis_deltas_step_along_each_axis_at_the_reference():
     step = d[(d["axis"] == "n_embd") & (d["lo_value"] == 16)]
     assert (step["n_lo"] == 1).all() and (step["n_hi"] == 2).all()
     assert parcels.axis_deltas(trials, {"n_embd": 48, "n_layer": 2}, lambda t: None).empty
+
+
+def test_atlas_labels_follow_the_columns_of_nilearns_labels_masker():
+    """The painting rule rests on it: column i of NiftiLabelsMasker (fmri.extract_parcels) is label i."""
+    from nilearn.maskers import NiftiLabelsMasker
+
+    atlas = _atlas()
+    lab = np.asarray(atlas.dataobj).astype(np.float32)
+    bold = nib.Nifti1Image(np.stack([lab, 2 * lab], axis=-1), atlas.affine)  # every voxel holds its label
+    series = NiftiLabelsMasker(atlas, standardize=None).fit_transform(bold)
+    np.testing.assert_allclose(series[0], parcels.atlas_labels(atlas))
