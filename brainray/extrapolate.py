@@ -2,8 +2,9 @@
 
 After Marin's scaling-law tooling: fit the finished trials of a sweep, predict the best configuration at
 ``K`` times the largest training FLOPs run so far, run it, and compare. :func:`plan` does the first two
-steps without Ray; ``python sweeps/scaling.py --extrapolate K`` (``brainray.sweep``) runs its trials in the
-same trial log with ``role = "extrapolation"``, and the report puts each one's prediction beside what it
+steps without Ray; ``python sweeps/scaling.py --extrapolate K`` checks the request (:func:`check_request`),
+plans from the sweep's log (:func:`plan_from_log`), and ``brainray.sweep`` runs the planned trials in the
+same trial log with ``role = "extrapolation"``; the report puts each one's prediction beside what it
 scored (:func:`brainray.frontier.extrapolation_checks`).
 
 How the configuration is chosen. The candidates keep every axis of the spec's reference (depth, heads,
@@ -31,18 +32,19 @@ a check of a law the sweep does not pin (the smoke preset is such a sweep).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from brainray import frontier, gpt, schedule
+from brainray import frontier, gpt, schedule, triallog
 from brainray.config import SweepSpec
 from brainray.frontier import EXTRAPOLATION
 from brainray.trial import n_pairs
 
-__all__ = ["EXTRAPOLATION", "METRICS", "ExtrapolationPlan", "plan", "width_ladder"]
+__all__ = ["EXTRAPOLATION", "METRICS", "ExtrapolationPlan", "check_request", "plan", "plan_from_log", "width_ladder"]
 
 METRICS = ("val_loss", "brain_r_mean")
 _LAW = {"val_loss": "loss law (val_loss)", "brain_r_mean": "brain law (brain_r_mean)"}
@@ -84,6 +86,42 @@ class ExtrapolationPlan:
         """The planned trials, one row each, for the console."""
         cols = ["n_embd", "data_frames", "extrapolate_pick", "predicted_val_loss", "predicted_brain_r_mean"]
         return pd.DataFrame(self.trials).reindex(columns=cols)
+
+    @property
+    def name(self) -> str:
+        """The plan's own name (``x<K>``): resuming ``--extrapolate K`` resumes its trials."""
+        return f"x{self.k:g}"
+
+
+def check_request(k: Any, fresh: bool, search: str) -> None:
+    """Refuse an ``--extrapolate K`` that cannot run, before Ray starts.
+
+    Raises
+    ------
+    ValueError
+        ``k`` not a number > 1; combined with ``fresh`` or a search other than ``"grid"``.
+    """
+    _check_k(k)
+    if fresh or search != "grid":
+        raise ValueError("--extrapolate runs new trials into an existing sweep's log: it cannot be combined with "
+                         "--fresh (which deletes that log) or --search optuna.")
+
+
+def _check_k(k: Any) -> None:
+    if not (isinstance(k, (int, float)) and math.isfinite(k) and k > 1):
+        raise ValueError(f"--extrapolate K must be a number > 1 (a multiple of the largest budget run); got {k!r}.")
+
+
+def plan_from_log(root: str, spec: SweepSpec, ds: Any, k: float, allow_unidentified: bool = False,
+                  log: Callable[[str], None] = print) -> ExtrapolationPlan:
+    """:func:`plan` on the trial log of the sweep at ``root`` (a path or a URI), saying what it decided."""
+    p = plan(triallog.read_trials(root), spec, ds, k, allow_unidentified=allow_unidentified)
+    log(f"[extrapolate] {k:g} x the largest budget run = {p.budget:.3g} training FLOPs; "
+        f"laws that pick: {', '.join(p.used)}")
+    for note in p.notes:
+        log(f"[extrapolate] {note}")
+    log("[extrapolate] planned trials (role = extrapolation):\n" + p.table().to_string(index=False))
+    return p
 
 
 def width_ladder(widths: list[int], n_head: int, extra: int = _EXTRA_STEPS) -> list[int]:
@@ -128,8 +166,7 @@ def plan(trials: pd.DataFrame, spec: SweepSpec, ds: Any, k: float, allow_unident
         ``k`` not > 1; no usable trial, or too few to fit; no width can spend the budget; neither law
         identified without ``allow_unidentified``.
     """
-    if not (isinstance(k, (int, float)) and math.isfinite(k) and k > 1):
-        raise ValueError(f"--extrapolate K must be a number > 1 (a multiple of the largest budget run); got {k!r}.")
+    _check_k(k)
     usable = frontier.usable_trials(trials) if len(trials) else trials
     if usable.empty:
         raise ValueError("--extrapolate: the trial log has no finished trained trial to fit; run the sweep first "

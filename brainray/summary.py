@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ from brainray import cost, gpt, schedule, triallog
 from brainray.config import AXES, SearchSpace, SweepSpec, check_search
 
 __all__ = ["dry_run_table", "final_summary", "run_frontier", "best_per_budget"]
-
 
 
 def dry_run_table(spec: SweepSpec, search: str = "grid", samples: int = 8) -> str:
@@ -136,22 +136,26 @@ def _training_lines(trials: pd.DataFrame) -> list[str]:
                 "per family in the report"]
 
 
-def run_frontier(root: str | Path, bootstrap: int = 200, log=print) -> Path:
-    """Fit the laws and write ``<root>/frontier/`` (fits.json, allocation.csv, plots, report.html)."""
+def run_frontier(root: str | Path, bootstrap: int = 200, log: Callable[[str], None] = print) -> str:
+    """Fit the laws and write ``<root>/frontier/`` (fits.json, allocation.csv, plots, report.html).
+
+    ``root`` may be a URI: the report is drawn into a local folder (``triallog.Staged``) and
+    published through the root's pyarrow filesystem. Returns ``<root>/frontier``.
+    """
     from brainray import report
 
-    root = Path(root)
-    trials = triallog.read_trials(str(root))
+    root = str(root).rstrip("/")
+    trials = triallog.read_trials(root)
     if trials.empty:
-        raise FileNotFoundError(f"No trial log under {root / 'trials'}: run the sweep first.")
-    curves = triallog.read_curves(str(root))
-    out = root / "frontier"
-    log(f"[frontier] fitting scaling laws on {len(trials)} trials -> {out}")
-    path = report.write_report(
-        trials, out, curves_df=curves, title=f"brainray sweep {root.name}", bootstrap=bootstrap
-    )
-    log(f"[frontier] report: {path}")
-    return out
+        raise FileNotFoundError(f"No trial log under {root}/trials: run the sweep first.")
+    log(f"[frontier] fitting scaling laws on {len(trials)} trials -> {root}/frontier")
+    with triallog.Staged(root, "frontier") as out:
+        path = report.write_report(
+            trials, out.path, curves_df=triallog.read_curves(root), title=f"brainray sweep {root.rsplit('/', 1)[-1]}",
+            bootstrap=bootstrap, parcels_root=root,
+        )
+    log(f"[frontier] report: {out.dest}/{Path(path).name}")
+    return out.dest
 
 
 def final_summary(root: str | Path, elapsed_s: float | None = None) -> str:

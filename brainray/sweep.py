@@ -3,14 +3,16 @@
 This is the only module that imports Ray. The trainable is ``brainray.trial.run`` wrapped
 so that ``report`` becomes ``tune.report`` (with a checkpoint at each epoch) and a
 restored checkpoint is handed back to it. The trial log and TensorBoard files are written
-by thin Tune callbacks that hand rows to ``brainray.triallog``.
+by thin Tune callbacks: rows are built and written by ``brainray.triallog``, the report is
+rewritten in the background as rows land (``brainray.live``), and ``--extrapolate`` trials
+are planned by ``brainray.extrapolate``. This module only wires them to Tune.
 
 Layout under ``<storage>/<sweep>/``: ``data/<hash>/`` (prepared dataset, or under
 ``data_dir``), ``tune/`` (Tune's experiment state and checkpoints; ``tune-optuna/`` for an
 Optuna search), ``trials/`` and ``curves/`` (Parquet), ``parcels/`` (one Parquet table of
 per-parcel r per scored trial, ``brainray.parcels``), ``tensorboard/`` and ``frontier/``.
 ``storage`` may be a URI (``s3://``, ``gs://``, ``file://``): Tune, the trial log, the
-curves, TensorBoard and the report go through pyarrow filesystems. The prepared dataset is
+curves, TensorBoard and the report go through pyarrow filesystems (``triallog.Staged``). The prepared dataset is
 memory-mapped by every trial, so it needs a POSIX path that every node can read
 (``data_dir``, e.g. NFS); a URI storage without ``data_dir`` is refused.
 
@@ -23,19 +25,14 @@ that raises or diverges becomes an ``ERROR`` row with its error text, and the sw
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
 import os
 import socket
-import subprocess
-import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +41,20 @@ import ray
 from ray import tune
 
 import brainray
-from brainray import locks, parcels, reaper
+from brainray import extrapolate as xp
+from brainray import live, locks, parcels, reaper, triallog
 from brainray import prepare as prep
 from brainray import trial as trial_mod
-from brainray import triallog
 from brainray.config import SEARCHES, SweepSpec, check_search, stable_hash
 from brainray.dataset import Dataset, load_dataset
 
+# Re-exported: sweeps/scaling.py writes its final report with these (brainray.live, brainray.summary).
+from brainray.live import REPORT_LOCK
+from brainray.summary import run_frontier as write_frontier
+
 __all__ = [
     "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback",
-    "write_frontier", "EXPERIMENT", "SEARCHES",
+    "TensorBoardCallback", "REPORT_LOCK", "write_frontier", "EXPERIMENT", "SEARCHES",
 ]
 
 EXPERIMENT = "tune"
@@ -81,7 +82,8 @@ def trainable(config: dict[str, Any], root: str | None = None) -> None:
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         parcel_r = metrics.get(trial_mod.PARCEL_R)
         if parcel_r is not None and root:  # a scored trial (or reuse branch): its per-parcel map, beside the log
-            _write_parcels(root, flat["dataset"], _log_id(tune.get_context().get_trial_id(), metrics), parcel_r)
+            _write_parcels(root, flat["dataset"], triallog.row_id(tune.get_context().get_trial_id(), metrics),
+                           parcel_r)
         # A missing value is left out, not sent as NaN: Tune's own TensorBoard logger warns once per NaN.
         # The sweep's metric stays in every report, as Tune requires. Private keys (``_parcel_r``) stay here.
         clean = {k: v for k, v in metrics.items() if not k.startswith("_")
@@ -98,11 +100,6 @@ def trainable(config: dict[str, Any], root: str | None = None) -> None:
             trial_mod.run(flat, report)
     finally:
         _release_memory()
-
-
-def _log_id(trial_id: str, result: dict[str, Any]) -> str:
-    """The trial-log id of a result: Tune's trial id, or ``<id>-d<frames>`` for a reuse branch's row."""
-    return triallog.branch_id(trial_id, result["data_frames"]) if result.get("branch_done") else trial_id
 
 
 def _write_parcels(root: str, dataset: str, trial_id: str, parcel_r: dict[str, Any]) -> None:
@@ -194,52 +191,26 @@ def check_resources(
 
 # -- callbacks -------------------------------------------------------------------------------
 class TrialLogCallback(tune.Callback):
-    """Writes one trial-log row per finished or failed trial, and its curve points.
+    """Hands Tune's trial events to a ``triallog.TrialRecorder``, which writes the rows.
 
-    The log is the truth about what ran. A row is written when a trial's function returns
-    (its final result has ``done``: ``TERMINATED``, or ``ERROR`` if it diverged) or when Tune
-    gives up on it (``ERROR``). A trial stopped on the way (Ctrl-C, a killed driver) or never
-    started gets no row: running the same command again resumes it. A ``TERMINATED`` row is
-    final and never written again; an ``ERROR`` row is superseded when a rerun finishes the
-    trial. ``unfinished`` lists, at the end, the Tune trials that neither finished nor failed.
-
-    Runs in the driver on Tune's control loop, so writes never race. Curves are flushed
-    every ``flush_s`` seconds so a killed driver loses at most that much.
+    Runs in the driver on Tune's control loop, so writes never race. ``unfinished`` lists,
+    at the end, the Tune trials that neither finished nor failed: they have no row, and
+    running the same command again resumes them.
     """
 
-    def __init__(self, root: str, sweep: str, flush_s: float = 30.0, live_report: bool = True):
-        self.root, self.sweep, self.flush_s, self.live_report = root, sweep, flush_s, live_report
-        self._curves: dict[str, list[dict[str, Any]]] = {}
-        self._started: dict[str, str] = {}
-        self._last_flush = time.time()
-        self._final_ids: set[str] | None = None
-        self._written: set[str] = set()
-        self._report_thread: threading.Thread | None = None
+    def __init__(self, recorder: triallog.TrialRecorder):
+        self.recorder = recorder
         self.unfinished: list[str] = []
 
-    def __getstate__(self):  # Tune pickles callbacks into its experiment state
-        return {**self.__dict__, "_report_thread": None}
-
-    def setup(self, **info):
-        self._final_ids = triallog.final_trial_ids(self.root)
-
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._started.setdefault(trial.trial_id, _now())
+        self.recorder.start(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        keys = ("step", "epoch", "tokens", "train_flops", "train_loss", "val_loss", "lr", "train_s")
-        branch = result.get("branch")  # a reuse branch's own steps go under its own row id
-        curve_id = triallog.branch_id(trial.trial_id, branch) if branch else trial.trial_id
-        self._curves.setdefault(curve_id, []).append({"sweep": self.sweep, **{k: result.get(k) for k in keys}})
-        if result.get("branch_done"):  # one data size of a reuse run is finished: its row now
-            status = "ERROR" if result.get("error") else "TERMINATED"
-            self._final(trial, _log_id(trial.trial_id, result), result, status, result.get("error"))
-        elif time.time() - self._last_flush > self.flush_s:
-            self._flush()
+        self.recorder.result(trial.trial_id, trial.config, result, trial.num_failures)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if _finished(trial):  # its function returned, with its final metrics
-            self._close(trial, *_outcome(trial))
+        if triallog.is_final(trial.last_result):  # its function returned, with its final metrics
+            self._close(trial, *triallog.outcome(trial.last_result))
         # else: stopped on the way (the sweep was interrupted); no row, it resumes next time
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -252,138 +223,30 @@ class TrialLogCallback(tune.Callback):
         for trial in trials:
             if trial.status == "ERROR":
                 self._close(trial, "ERROR", f"ended ERROR: {_error_text(trial)}")
-            elif _finished(trial) and trial.trial_id in self._started:  # else: logged by an earlier run
-                self._close(trial, *_outcome(trial))
-        self._flush()
-        self.unfinished = [t.trial_id for t in trials if not (t.status == "ERROR" or _finished(t))]
-
-    def _flush(self):
-        for trial_id, rows in self._curves.items():
-            triallog.write_curves(self.root, trial_id, rows)
-        self._curves = {}
-        self._last_flush = time.time()
+            elif triallog.is_final(trial.last_result) and trial.trial_id in self.recorder.started:
+                self._close(trial, *triallog.outcome(trial.last_result))  # (else logged by an earlier run)
+        self.recorder.flush()
+        self.unfinished = [t.trial_id for t in trials if not (t.status == "ERROR" or triallog.is_final(t.last_result))]
 
     def _close(self, trial, status: str, error: str | None) -> None:
-        """Write the rows a Tune trial still owes: its own, or each data size of a reuse run not yet logged.
-
-        A reuse branch has its row from the moment it reports ``branch_done``; sizes left when
-        the run ends (its trunk diverged or raised) are logged as errors, without metrics.
-        """
-        branches = trial.config["trial"].get("branches")
-        if not branches:
-            self._final(trial, trial.trial_id, trial.last_result or {}, status, error)
-            return
-        for d in branches:
-            why = error or "the reuse run ended before this data size's branch was scored"
-            self._final(trial, triallog.branch_id(trial.trial_id, d), {"data_frames": d}, "ERROR", why)
-
-    def _final(self, trial, row_id: str, result: dict[str, Any], status: str, error: str | None):
-        if self._final_ids is None:
-            self._final_ids = triallog.final_trial_ids(self.root)
-        if row_id in self._final_ids or row_id in self._written:
-            return
-        self._flush()
-        config = dict(trial.config)
-        row = {
-            **{k: v for k, v in result.items() if not isinstance(v, (dict, list))},
-            **config["trial"],
-            "sweep": self.sweep, "trial_id": row_id, "status": status, "error": error,
-            "num_failures": trial.num_failures, "brainray_version": brainray.__version__, "git_sha": _git_sha(),
-            "started_at": self._started.get(trial.trial_id), "finished_at": _now(),
-            "config_json": json.dumps({"trial": config["trial"], "train": config["train"]}, default=str),
-            "control": config["trial"].get("control", ""),  # empty: a trained trial
-            "role": config["trial"].get("role", ""),  # "extrapolation": a predict-then-verify trial
-        }
-        if config["trial"].get("branches"):
-            row.update(data_frames=result["data_frames"], parent_trial=trial.trial_id, data_schedule="reuse")
-        triallog.write_trial(self.root, row)  # supersedes an ERROR row of this trial from an earlier run
-        self._written.add(row_id)
-        if status == "TERMINATED":
-            self._final_ids.add(row_id)
-        if self.live_report:
-            self._refresh_report()
-
-    def _refresh_report(self) -> None:
-        """Re-fit and re-write the report in the background, so the frontier forms as trials land."""
-        if self._report_thread is not None and self._report_thread.is_alive():
-            return  # the next finished trial refreshes it again; the sweep's end always does
-        self._report_thread = threading.Thread(target=_live_report, args=(self.root,), daemon=True)
-        self._report_thread.start()
-        _LIVE_REPORTS.append(self._report_thread)
+        self.recorder.close(trial.trial_id, trial.config, trial.last_result or {}, status, error, trial.num_failures)
 
 
-REPORT_LOCK = threading.Lock()  # one report writer at a time (live refreshes and the final one)
-_LIVE_REPORTS: list[threading.Thread] = []  # live-refresh threads started by this process
-_REPORT_FAILED: set[str] = set()  # sweeps whose live refresh failed and said so
-
-
-def wait_for_live_reports() -> None:
-    """Join live report threads: the interpreter must not exit while matplotlib draws
-    (a daemon thread in FreeType at exit aborts the process)."""
-    while _LIVE_REPORTS:
-        _LIVE_REPORTS.pop().join()
-
-
-def _live_report(root: str) -> None:
-    try:  # below the trials: on a small machine the driver shares cores with them (Linux: per-thread nice)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-    with REPORT_LOCK:
-        try:
-            write_frontier(root, bootstrap=50, log=lambda msg: None)
-        except Exception as e:  # a live refresh must never stop the sweep
-            if root not in _REPORT_FAILED:  # said once: the next refreshes usually fail alike
-                _REPORT_FAILED.add(root)
-                print(f"[frontier] live report skipped: {type(e).__name__}: {e} (said once; the final report "
-                      "at the end of the sweep is written on its own)")
-
-
-def write_frontier(root: str, bootstrap: int = 200, log: Log = print) -> str:
-    """Fit the laws and write ``<root>/frontier/``; ``root`` may be a URI.
-
-    The report writer works on local folders, so for a URI the report is written to a
-    temporary folder and copied up through the pyarrow filesystem of ``root``.
-    """
-    from brainray.summary import run_frontier
-
-    if not triallog.is_uri(root):
-        return str(run_frontier(root, bootstrap=bootstrap, log=log))
-    from brainray import report
-
-    trials = triallog.read_trials(root)
-    if trials.empty:
-        raise FileNotFoundError(f"No trial log under {root}/trials: run the sweep first.")
-    out = f"{root}/frontier"
-    log(f"[frontier] fitting scaling laws on {len(trials)} trials -> {out}")
-    with tempfile.TemporaryDirectory(prefix="brainray-frontier-") as tmp:
-        path = report.write_report(
-            trials, tmp, curves_df=triallog.read_curves(root), title=f"brainray sweep {root.rsplit('/', 1)[-1]}",
-            bootstrap=bootstrap, parcels_root=root,
-        )
-        _upload(tmp, out)
-    log(f"[frontier] report: {out}/{Path(path).name}")
-    return out
-
-
-def _upload(local_dir: str, uri: str) -> None:
-    """Copy a local folder's files to ``uri`` (any pyarrow filesystem), replacing files of the same name."""
-    fs, base = triallog.filesystem(uri)
-    fs.create_dir(base, recursive=True)
-    pafs.copy_files(local_dir, base, destination_filesystem=fs)
+def _error_text(trial) -> str:
+    return triallog.error_text(getattr(trial, "error_file", None), getattr(trial, "error_msg", None))
 
 
 class TensorBoardCallback(tune.Callback):
     """Scalars per trial under ``<sweep>/tensorboard/<trial>`` (losses, brain r, throughput).
 
-    tensorboardX writes local files; with a URI ``upload_to`` the events are written to a
-    local staging folder and copied up when a trial ends and when the sweep ends.
+    tensorboardX writes local files: the events go to ``staged.path`` (a staging folder for a
+    URI root), published when a trial ends and when the sweep ends.
     """
 
     KEYS = ("train_loss", "val_loss", "brain_r_mean", "brain_r_max", "tokens_per_s", "mfu", "lr")
 
-    def __init__(self, logdir: str, upload_to: str | None = None):
-        self.logdir, self.upload_to = logdir, upload_to
+    def __init__(self, staged: triallog.Staged):
+        self.staged = staged
         self._writers: dict[str, Any] = {}
 
     def __getstate__(self):  # writers hold open files; they are re-opened after a restore
@@ -396,7 +259,7 @@ class TensorBoardCallback(tune.Callback):
         key = triallog.branch_id(trial.trial_id, branch) if branch else trial.trial_id
         if key not in self._writers:
             run = triallog.branch_id(str(trial), branch) if branch else str(trial)
-            self._writers[key] = SummaryWriter(os.path.join(self.logdir, run))
+            self._writers[key] = SummaryWriter(os.path.join(self.staged.path, run))
         w = self._writers[key]
         for k in self.KEYS:
             v = result.get(k)
@@ -406,55 +269,14 @@ class TensorBoardCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         for key in [k for k in self._writers if k == trial.trial_id or k.startswith(f"{trial.trial_id}-d")]:
             self._writers.pop(key).close()
-        self._sync()
+        self.staged.publish()
 
     on_trial_error = on_trial_complete
 
     def on_experiment_end(self, trials, **info):
         for w in self._writers.values():
             w.flush()
-        self._sync()
-
-    def _sync(self) -> None:
-        if self.upload_to and os.path.isdir(self.logdir):
-            _upload(self.logdir, self.upload_to)
-
-
-def _finished(trial) -> bool:
-    """The trial's function returned: its last result is final (``done``). Not its status: Tune
-    marks a trial it stopped on the way ``TERMINATED`` too, and sets the status after the callbacks."""
-    return bool((trial.last_result or {}).get("done"))
-
-
-def _outcome(trial) -> tuple[str, str | None]:
-    error = (trial.last_result or {}).get("error")  # a diverged trial returns with an error
-    return ("ERROR" if error else "TERMINATED"), error
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@functools.cache
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _error_text(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    try:
-        if path and os.path.exists(path):
-            return Path(path).read_text()[-4000:]
-    except OSError:
-        pass
-    return str(getattr(trial, "error_msg", None) or "trial raised an error (see the Tune trial folder)")
+        self.staged.publish()
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -588,9 +410,8 @@ def run_sweep(
     if reuse_actors is None:
         reuse_actors = address is None
     check_search(spec, search, samples)
-    if extrapolate is not None and (fresh or search != "grid"):
-        raise ValueError("--extrapolate runs new trials into an existing sweep's log: it cannot be combined with "
-                         "--fresh (which deletes that log) or --search optuna.")
+    if extrapolate is not None:
+        xp.check_request(extrapolate, fresh, search)
     root = f"{str(storage).rstrip('/')}/{spec.name}"
     data_root = _data_root(root, storage, data_dir, spec)
     fs, base = triallog.filesystem(root)
@@ -619,28 +440,12 @@ def run_sweep(
             log(f"[sweep] --prepare-only: the dataset is ready at {data_root}; no trial was started")
             return root
         if extrapolate is not None:
-            _run_extrapolation(spec, root, data_root, dataset, cluster, extrapolate, allow_unidentified,
-                               reuse_actors, log)
+            plan = xp.plan_from_log(root, spec, dataset, extrapolate, allow_unidentified, log=log)
+            _run_trials(spec, root, data_root, cluster, reuse_actors, log, trials=plan.trials,
+                        experiment=f"{root}/{EXPERIMENT}-extrapolate/{plan.name}")
         else:
-            _run_trials(spec, root, data_root, cluster, search, samples, reuse_actors, log)
+            _run_trials(spec, root, data_root, cluster, reuse_actors, log, search, samples)
     return root
-
-
-def _run_extrapolation(
-    spec: SweepSpec, root: str, data_root: str, dataset: Dataset, cluster: dict[str, float], k: float,
-    allow_unidentified: bool, reuse_actors: bool, log: Log,
-) -> None:
-    """Plan the trials at ``k`` x the largest budget from the log (``brainray.extrapolate``) and run them."""
-    from brainray import extrapolate as xp
-
-    plan = xp.plan(triallog.read_trials(root), spec, dataset, k, allow_unidentified=allow_unidentified)
-    log(f"[extrapolate] {k:g} x the largest budget run = {plan.budget:.3g} training FLOPs; "
-        f"laws that pick: {', '.join(plan.used)}")
-    for note in plan.notes:
-        log(f"[extrapolate] {note}")
-    log("[extrapolate] planned trials (role = extrapolation):\n" + plan.table().to_string(index=False))
-    _run_trials(spec, root, data_root, cluster, "grid", 0, reuse_actors, log, trials=plan.trials,
-                storage_path=f"{root}/{EXPERIMENT}-extrapolate", name=f"x{k:g}")
 
 
 def _remove_results(fs: pafs.FileSystem, base: str) -> None:
@@ -690,68 +495,65 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 def _run_trials(
-    spec: SweepSpec, root: str, data_root: str, cluster: dict[str, float], search: str, samples: int,
-    reuse_actors: bool, log: Log, trials: list[dict[str, Any]] | None = None, storage_path: str | None = None,
-    name: str | None = None,
+    spec: SweepSpec, root: str, data_root: str, cluster: dict[str, float], reuse_actors: bool, log: Log,
+    search: str = "grid", samples: int = 0, trials: list[dict[str, Any]] | None = None, experiment: str | None = None,
 ) -> None:
-    """Run a FIFO grid (the spec's trials, or ``trials``) or an Optuna search under ``<storage_path>/<name>``
-    (default ``<root>/tune``, ``<root>/tune-optuna``), logging every trial into ``<root>``'s trial log."""
+    """Run a FIFO grid (the spec's trials, or ``trials``) or an Optuna search as the Tune experiment
+    ``experiment`` (default ``<root>/tune``, ``<root>/tune-optuna``), every trial into ``<root>``'s trial log."""
     constants = {"dataset": data_root, "train": dataclasses.asdict(spec.train)}
-    if trials is not None:
-        log(f"[sweep] {len(trials)} trials (FIFO grid)")
-        param_space, search_alg, num_samples = {"trial": tune.grid_search(trials), **constants}, None, 1
-    elif search == "grid":
-        trials = spec.runs()
-        if spec.train.data_schedule == "reuse":
-            n = sum(len(t.get("branches") or [t]) for t in trials)  # a control is one trial
-            log(f"[sweep] {n} trials as {len(trials)} reuse runs (one per model config; each smaller data size "
-                "a cooldown branch, logged as its own trial), FIFO grid")
-        else:
-            log(f"[sweep] {len(trials)} trials over data_frames, n_embd, n_layer, n_head, dtype (FIFO grid)")
-        param_space, search_alg = {"trial": tune.grid_search(trials), **constants}, None
-        num_samples, name = 1, name or EXPERIMENT
-    else:
+    if search == "optuna":
         space = _OptunaSpace(spec)
         log(f"[sweep] Optuna search: {samples} trials, {space} (FIFO)")
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(space=space, metric="val_loss", mode="min", seed=int(spec.axes.reference["seed"]))
-        param_space, num_samples, name = constants, samples, name or f"{EXPERIMENT}-optuna"
+        param_space, num_samples, experiment = constants, samples, experiment or f"{root}/{EXPERIMENT}-optuna"
+    else:
+        if trials is not None:
+            log(f"[sweep] {len(trials)} trials (FIFO grid)")
+        elif spec.train.data_schedule == "reuse":
+            trials = spec.runs()
+            n = sum(len(t.get("branches") or [t]) for t in trials)  # a control is one trial
+            log(f"[sweep] {n} trials as {len(trials)} reuse runs (one per model config; each smaller data size "
+                "a cooldown branch, logged as its own trial), FIFO grid")
+        else:
+            trials = spec.runs()
+            log(f"[sweep] {len(trials)} trials over data_frames, n_embd, n_layer, n_head, dtype (FIFO grid)")
+        param_space, search_alg, num_samples = {"trial": tune.grid_search(trials), **constants}, None, 1
+        experiment = experiment or f"{root}/{EXPERIMENT}"
 
-    trial_log = TrialLogCallback(root, spec.name)
-    local_tb = str(Path(tempfile.gettempdir()) / "brainray-tensorboard" / spec.name) if triallog.is_uri(root) else None
-    callbacks = [
-        trial_log,
-        TensorBoardCallback(local_tb or f"{root}/tensorboard", upload_to=local_tb and f"{root}/tensorboard"),
-    ]
-    reporter = _Reporter(
+    report = live.LiveReport(root, log=log)
+    trial_log = TrialLogCallback(triallog.TrialRecorder(root, spec.name, on_row=report.refresh))
+    tensorboard = triallog.Staged(root, "tensorboard")
+    callbacks = [trial_log, TensorBoardCallback(tensorboard)]
+    # No "Current best trial" line: TuneConfig names no metric (in a scaling sweep the lowest loss
+    # is simply the largest model); the Optuna searcher carries its own.
+    reporter = tune.CLIReporter(
         metric_columns={"step": "step", "val_loss": "val loss", "brain_r_mean": "brain r", "eta_s": "ETA s"},
         parameter_columns={
             "trial/data_frames": "frames", "trial/n_embd": "width", "trial/n_layer": "layers",
             "trial/n_head": "heads", "trial/dtype": "dtype",
         },
         max_report_frequency=30,
-        sort_by_metric=False,
     )
     fn = tune.with_resources(tune.with_parameters(trainable, root=root), trial_resources(spec, cluster))
-    storage_path = storage_path or root
-    exp_path = f"{storage_path}/{name}"
-    if tune.Tuner.can_restore(exp_path):
-        log(f"[sweep] resuming {exp_path}: finished trials are kept, unfinished and failed ones run again "
+    if tune.Tuner.can_restore(experiment):
+        log(f"[sweep] resuming {experiment}: finished trials are kept, unfinished and failed ones run again "
             "(from their checkpoints)")
         tuner = tune.Tuner.restore(
-            exp_path, trainable=fn, resume_errored=True, param_space=None if search_alg else param_space
+            experiment, trainable=fn, resume_errored=True, param_space=None if search_alg else param_space
         )
         # The restored run config holds the callbacks pickled by the first run, with the paths
         # of that run: a sweep folder moved or copied since would be written at its old place.
         restored = tuner._local_tuner.get_run_config()
         restored.callbacks, restored.progress_reporter = callbacks, reporter
     else:
+        storage_path, name = experiment.rsplit("/", 1)
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric="val_loss", mode="min", search_alg=search_alg, num_samples=num_samples,
+                search_alg=search_alg, num_samples=num_samples,
                 max_concurrent_trials=spec.resources.max_concurrent_trials or None, reuse_actors=reuse_actors,
             ),
             run_config=tune.RunConfig(
@@ -766,8 +568,11 @@ def _run_trials(
         )
     _quiet_tune()
     t0 = time.perf_counter()
-    tuner.fit()
-    wait_for_live_reports()
+    try:
+        with tensorboard:
+            tuner.fit()
+    finally:
+        report.close()
     if trial_log.unfinished:
         raise SweepInterrupted(
             f"the sweep {root} stopped before {len(trial_log.unfinished)} of its trials finished "
@@ -802,13 +607,3 @@ class _OptunaSpace(brainray.config.SearchSpace):
         k = trial.suggest_int("n_embd_per_head", *self.k_range, log=True)
         frames = trial.suggest_int("data_frames", *self.frames_range, log=True)
         return {"trial": {**self.reference, "n_embd": k * self.n_head, "data_frames": frames}}
-
-
-class _Reporter(tune.CLIReporter):
-    """The classic table, without the "Current best trial ... parameters={...}" line.
-
-    In a scaling sweep the lowest loss is simply the largest model: the line is noise.
-    """
-
-    def _current_best_trial(self, trials):
-        return None, None

@@ -7,21 +7,36 @@ trial whose row is an ``ERROR`` writes a new part and moves the old one to
 plain read of the folder and ``read_trials`` agree on one row per ``trial_id``. Readers still
 deduplicate (newest row per ``trial_id``; one curve point per ``(trial_id, step)``), which
 covers a driver killed between the write and the move. Paths may be local or URIs
-(``s3://``, ``gs://``) through pyarrow filesystems. This module knows nothing of Ray.
+(``s3://``, ``gs://``) through pyarrow filesystems.
+
+:class:`TrialRecorder` turns a sweep's trial events into rows and curve points; it knows
+nothing of Ray (``brainray.sweep.TrialLogCallback`` feeds it Tune's events as plain values).
+:class:`Staged` gives writers of local files only (tensorboardX, the report's plots) one path
+for a local or a URI root.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Self
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+import brainray
 
 __all__ = [
     "TRIAL_SCHEMA",
@@ -37,6 +52,12 @@ __all__ = [
     "filesystem",
     "is_uri",
     "branch_id",
+    "row_id",
+    "is_final",
+    "outcome",
+    "error_text",
+    "TrialRecorder",
+    "Staged",
 ]
 
 _STR, _INT, _FLOAT = pa.string(), pa.int64(), pa.float64()
@@ -95,6 +116,36 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
 _fs = filesystem
 
 
+class Staged:
+    """``<root>/<sub>`` as a local folder, for writers of local files only (tensorboardX, matplotlib).
+
+    For a local root, ``path`` is that folder itself and :meth:`publish` has nothing to do; for
+    a URI, ``path`` is a temporary folder whose files :meth:`publish` copies up through the
+    root's pyarrow filesystem. Callers write to ``path`` and publish, whatever the root.
+    """
+
+    def __init__(self, root: str, sub: str):
+        self.dest = f"{str(root).rstrip('/')}/{sub}"
+        self.path = tempfile.mkdtemp(prefix=f"brainray-{sub}-") if is_uri(root) else self.dest
+
+    def publish(self) -> None:
+        """Copy the staged files to ``dest``, replacing files of the same name."""
+        if self.path == self.dest or not os.path.isdir(self.path):
+            return
+        fs, base = filesystem(self.dest)
+        fs.create_dir(base, recursive=True)
+        pafs.copy_files(self.path, base, destination_filesystem=fs)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Publish (after an error too, as a local root keeps what was written), then remove a temporary folder."""
+        self.publish()
+        if self.path != self.dest:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     extra = sorted({k for r in rows for k in r if k.startswith(_SUBJECT_PREFIXES)} - set(schema.names))
     schema = pa.schema(list(schema) + [(k, _FLOAT) for k in extra])
@@ -125,6 +176,11 @@ def _write(root: str, sub: str, name: str, table: pa.Table) -> str:
 def branch_id(trial_id: str, data_frames: int) -> str:
     """The trial-log id of one data size of a reused data axis (its Tune trial is ``trial_id``)."""
     return f"{trial_id}-d{int(data_frames)}"
+
+
+def row_id(trial_id: str, result: dict[str, Any]) -> str:
+    """The trial-log id of a result: the trial's id, or ``<id>-d<frames>`` for a reuse branch's row."""
+    return branch_id(trial_id, result["data_frames"]) if result.get("branch_done") else trial_id
 
 
 SUPERSEDED = "_superseded"  # under trials/: parts replaced by a later row of the same trial
@@ -260,3 +316,132 @@ def final_trial_ids(root: str) -> set[str]:
     """
     df = read_trials(root)
     return set() if df.empty else set(df.loc[df["status"] == "TERMINATED", "trial_id"])
+
+
+# -- rows: what each finished or failed trial writes --------------------------------------------
+_CURVE_KEYS = ("step", "epoch", "tokens", "train_flops", "train_loss", "val_loss", "lr", "train_s")
+_NOT_SCORED = "the reuse run ended before this data size's branch was scored"
+
+
+def is_final(result: dict[str, Any] | None) -> bool:
+    """The trial's function returned: its last result is final (``done``). Not Tune's status: Tune
+    marks a trial it stopped on the way ``TERMINATED`` too, and sets the status after the callbacks."""
+    return bool((result or {}).get("done"))
+
+
+def outcome(result: dict[str, Any] | None) -> tuple[str, str | None]:
+    """Status and error of a trial whose function returned: a diverged trial returns with an error."""
+    error = (result or {}).get("error")
+    return ("ERROR" if error else "TERMINATED"), error
+
+
+def error_text(error_file: str | None, message: str | None) -> str:
+    """The end of a failed trial's error file (its traceback), else its error message."""
+    try:
+        if error_file and os.path.exists(error_file):
+            return Path(error_file).read_text()[-4000:]
+    except OSError:
+        pass
+    return str(message or "trial raised an error (see the Tune trial folder)")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@functools.cache  # once per process: every row of a driver has the same checkout
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class TrialRecorder:
+    """Writes one trial-log row per finished or failed trial id, and its curve points.
+
+    The log is the truth about what ran. A row is written when a trial's function returns
+    (:meth:`close` with :func:`outcome`: ``TERMINATED``, or ``ERROR`` if it diverged), when it
+    fails (``ERROR``), or when one data size of a reuse run reports ``branch_done``. A trial
+    stopped on the way or never started gets no row, so running the sweep again resumes it. A
+    ``TERMINATED`` row is final and never written again; an ``ERROR`` row is superseded when a
+    rerun finishes the trial. Curves are flushed every ``flush_s`` seconds, so a killed driver
+    loses at most that much. ``on_row`` is called after each row (the live report).
+
+    ``config`` is a trial's whole config: ``trial`` (its axes) and ``train`` (the settings).
+    """
+
+    def __init__(self, root: str, sweep: str, flush_s: float = 30.0, on_row: Callable[[], None] | None = None):
+        self.root, self.sweep, self.flush_s, self.on_row = root, sweep, flush_s, on_row
+        self.started: dict[str, str] = {}  # trial id -> when this driver started it
+        self._curves: dict[str, list[dict[str, Any]]] = {}
+        self._last_flush = time.time()
+        self._final_ids: set[str] | None = None  # read from the log at the first row
+        self._written: set[str] = set()
+
+    def start(self, trial_id: str) -> None:
+        self.started.setdefault(trial_id, _now())
+
+    def result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], num_failures: int) -> None:
+        """A reported result: a curve point (a reuse branch's under its own row id), and the row of a
+        finished branch."""
+        branch = result.get("branch")
+        curve_id = branch_id(trial_id, branch) if branch else trial_id
+        self._curves.setdefault(curve_id, []).append({"sweep": self.sweep, **{k: result.get(k) for k in _CURVE_KEYS}})
+        if result.get("branch_done"):
+            self._row(trial_id, row_id(trial_id, result), config, result, *outcome(result), num_failures)
+        elif time.time() - self._last_flush > self.flush_s:
+            self.flush()
+
+    def close(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], status: str, error: str | None,
+              num_failures: int) -> None:
+        """Write the rows a trial still owes: its own, or each data size of a reuse run not yet logged.
+
+        A reuse branch has its row from the moment it reports ``branch_done``; sizes left when
+        the run ends (its trunk diverged or raised) are logged as errors, without metrics.
+        """
+        branches = config["trial"].get("branches")
+        if not branches:
+            self._row(trial_id, trial_id, config, result, status, error, num_failures)
+            return
+        for d in branches:
+            self._row(trial_id, branch_id(trial_id, d), config, {"data_frames": d}, "ERROR", error or _NOT_SCORED,
+                      num_failures)
+
+    def flush(self) -> None:
+        """Write the curve points gathered since the last flush."""
+        for trial_id, rows in self._curves.items():
+            write_curves(self.root, trial_id, rows)
+        self._curves = {}
+        self._last_flush = time.time()
+
+    def _row(self, trial_id: str, row: str, config: dict[str, Any], result: dict[str, Any], status: str,
+             error: str | None, num_failures: int) -> None:
+        if self._final_ids is None:
+            self._final_ids = final_trial_ids(self.root)
+        if row in self._final_ids or row in self._written:
+            return
+        self.flush()
+        axes = config["trial"]
+        values = {
+            **{k: v for k, v in result.items() if not isinstance(v, (dict, list))},
+            **axes,
+            "sweep": self.sweep, "trial_id": row, "status": status, "error": error,
+            "num_failures": num_failures, "brainray_version": brainray.__version__, "git_sha": _git_sha(),
+            "started_at": self.started.get(trial_id), "finished_at": _now(),
+            "config_json": json.dumps({"trial": axes, "train": config["train"]}, default=str),
+            "control": axes.get("control", ""),  # empty: a trained trial
+            "role": axes.get("role", ""),  # "extrapolation": a predict-then-verify trial
+        }
+        if axes.get("branches"):
+            values.update(data_frames=result["data_frames"], parent_trial=trial_id, data_schedule="reuse")
+        write_trial(self.root, values)  # supersedes an ERROR row of this trial from an earlier run
+        self._written.add(row)
+        if status == "TERMINATED":
+            self._final_ids.add(row)
+        if self.on_row:
+            self.on_row()

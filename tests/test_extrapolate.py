@@ -19,6 +19,15 @@ def test_a_multiple_not_above_one_is_refused(k):
         extrapolate.plan(pd.DataFrame(), load_spec("smoke"), None, k)
 
 
+@pytest.mark.parametrize("fresh, search", [(True, "grid"), (False, "optuna")])
+def test_a_request_that_would_not_add_to_the_log_is_refused_before_ray_starts(fresh, search):
+    with pytest.raises(ValueError, match="cannot be combined with --fresh .* or --search optuna"):
+        extrapolate.check_request(4, fresh, search)
+    with pytest.raises(ValueError, match="must be a number > 1"):
+        extrapolate.check_request(1, False, "grid")
+    extrapolate.check_request(4.0, False, "grid")
+
+
 def test_a_log_without_finished_trained_trials_is_refused():
     with pytest.raises(ValueError, match="no finished trained trial to fit; run the sweep first"):
         extrapolate.plan(pd.DataFrame(), load_spec("smoke"), None, 4)

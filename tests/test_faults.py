@@ -88,10 +88,6 @@ def ray_cleanup():
     yield
     import ray
 
-    from brainray import sweep
-
-    for t in list(sweep._LIVE_REPORTS):  # live report refreshes still writing into tmp_path
-        t.join(timeout=60)
     ray.shutdown()
 
 
@@ -248,9 +244,9 @@ def test_optuna_search_logs_its_trials_with_their_axes(tmp_path, tiny_dataset, r
     root, spec = _run_sweep(spec_path, f"file://{tmp_path}", str(tiny_dataset.root.parent),
                             search="optuna", samples=3)
     assert root == f"file://{tmp_path}/optuna"
-    from brainray.sweep import write_frontier
+    from brainray.summary import run_frontier
 
-    write_frontier(root, bootstrap=5, log=lambda m: None)
+    assert run_frontier(root, bootstrap=5, log=lambda m: None) == f"{root}/frontier"
     local = tmp_path / "optuna"
     log = _assert_one_row_per_trial(local, 3)
     assert (log["status"] == "TERMINATED").all(), log[["trial_id", "status", "error"]]

@@ -298,13 +298,3 @@ def test_the_reaper_stops_a_dead_drivers_ray_processes(tmp_path):
     finally:
         agent.kill()
         driver.kill()
-
-
-def test_a_failing_live_report_says_so_once(tmp_path, capsys):
-    """Each finished trial refreshes the report; a refresh that keeps failing is one line, not one per trial."""
-    from brainray import sweep
-
-    for _ in range(3):
-        sweep._live_report(str(tmp_path))  # no trial log there: every refresh fails alike
-    lines = [s for s in capsys.readouterr().out.splitlines() if "live report skipped" in s]
-    assert len(lines) == 1 and "No trial log" in lines[0]

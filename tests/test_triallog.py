@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -92,3 +93,82 @@ def test_a_truncated_curve_part_is_named(tmp_path):
     with pytest.raises(triallog.CorruptLogError, match=r"in .*curves cannot be read") as err:
         triallog.read_curves(root)
     assert bad in str(err.value)
+
+
+# -- rows from a sweep's trial events (brainray.sweep.TrialLogCallback feeds TrialRecorder) ---------------
+def _config(**trial):
+    return {"trial": {"data_frames": 1200, "n_embd": 16, "n_layer": 1, "n_head": 1, "dtype": "fp32", "seed": 0,
+                      **trial}, "train": {"epochs": 2}}
+
+
+def test_a_finished_trial_is_one_row_with_its_config_and_curve(tmp_path):
+    root, rows = str(tmp_path), []
+    rec = triallog.TrialRecorder(root, "sw", on_row=lambda: rows.append(1))
+    rec.start("t1")
+    for step in (1, 2):
+        rec.result("t1", _config(), {"step": step, "train_loss": 3.0 - step, "val_loss": 2.5}, num_failures=0)
+    final = {"step": 2, "val_loss": 2.5, "brain_r_mean": 0.3, "done": True, "curve": [1, 2]}
+    assert triallog.is_final(final) and not triallog.is_final(None)
+    rec.close("t1", _config(), final, *triallog.outcome(final), num_failures=1)
+    rec.close("t1", _config(), final, *triallog.outcome(final), num_failures=1)  # the end-of-sweep safety net
+    row = triallog.read_trials(root).iloc[0]
+    assert (row["trial_id"], row["status"], row["sweep"], row["num_failures"], row["control"], row["role"]) == (
+        "t1", "TERMINATED", "sw", 1, "", "")
+    assert row["brain_r_mean"] == 0.3 and row["n_embd"] == 16 and row["started_at"] <= row["finished_at"]
+    assert json.loads(row["config_json"]) == _config() and row["git_sha"] == triallog._git_sha()
+    assert rows == [1] and len(list((tmp_path / "trials").glob("*.parquet"))) == 1
+    assert list(triallog.read_curves(root)["train_loss"]) == [2.0, 1.0]  # flushed before the row
+    again = triallog.TrialRecorder(root, "sw")  # a resumed driver never rewrites a finished row
+    again.close("t1", _config(), final, "TERMINATED", None, num_failures=0)
+    assert len(list((tmp_path / "trials").glob("*.parquet"))) == 1
+
+
+def test_a_diverged_trial_is_an_error_row_that_a_rerun_supersedes(tmp_path):
+    root = str(tmp_path)
+    diverged = {"done": True, "error": "val_loss diverged (nan) at step 2"}
+    assert triallog.outcome(diverged) == ("ERROR", diverged["error"])
+    triallog.TrialRecorder(root, "sw").close("t1", _config(), diverged, *triallog.outcome(diverged), num_failures=0)
+    assert triallog.read_trials(root).iloc[0]["status"] == "ERROR"
+    done = {"done": True, "val_loss": 2.0}
+    triallog.TrialRecorder(root, "sw").close("t1", _config(), done, *triallog.outcome(done), num_failures=0)
+    assert list(triallog.read_trials(root)["status"]) == ["TERMINATED"]
+
+
+def test_a_reuse_run_logs_each_branch_and_errors_the_unscored_ones(tmp_path):
+    root = str(tmp_path)
+    config = _config(data_frames=2400, branches=[1200, 2400])
+    rec = triallog.TrialRecorder(root, "sw")
+    rec.result("t1", config, {"step": 3, "branch": 1200, "train_loss": 2.0}, num_failures=0)
+    rec.result("t1", config, {"step": 3, "branch": 1200, "branch_done": True, "data_frames": 1200,
+                              "brain_r_mean": 0.2}, num_failures=0)
+    assert triallog.row_id("t1", {"branch_done": True, "data_frames": 1200}) == "t1-d1200"
+    rec.close("t1", config, {"error": "raised"}, "ERROR", "trunk raised", num_failures=0)
+    log = triallog.read_trials(root).set_index("trial_id")
+    assert list(log.index) == ["t1-d1200", "t1-d2400"]
+    assert (log["parent_trial"] == "t1").all() and (log["data_schedule"] == "reuse").all()
+    assert log.loc["t1-d1200", "status"] == "TERMINATED" and log.loc["t1-d1200", "data_frames"] == 1200
+    assert log.loc["t1-d2400", "status"] == "ERROR" and log.loc["t1-d2400", "error"] == "trunk raised"
+    rec.flush()
+    assert set(triallog.read_curves(root)["trial_id"]) == {"t1-d1200"}
+
+
+def test_the_error_text_is_the_end_of_the_error_file(tmp_path):
+    err = tmp_path / "error.txt"
+    err.write_text("Traceback\n" + "x" * 5000 + "\nValueError: boom")
+    assert triallog.error_text(str(err), "short").endswith("ValueError: boom")
+    assert len(triallog.error_text(str(err), "short")) == 4000
+    assert triallog.error_text(str(tmp_path / "missing.txt"), "short") == "short"
+    assert "see the Tune trial folder" in triallog.error_text(None, None)
+
+
+def test_staged_writes_a_local_root_in_place_and_copies_to_a_uri(tmp_path):
+    local = triallog.Staged(str(tmp_path / "a"), "tensorboard")
+    assert local.path == local.dest == f"{tmp_path}/a/tensorboard"
+    with triallog.Staged(f"file://{tmp_path}/b", "frontier") as uri:
+        assert not uri.path.startswith(str(tmp_path))
+        Path(uri.path, "run").mkdir()
+        Path(uri.path, "run", "report.html").write_text("page")
+        uri.publish()  # while it is open, as TensorBoard does when a trial ends
+        assert (tmp_path / "b" / "frontier" / "run" / "report.html").read_text() == "page"
+        Path(uri.path, "fits.json").write_text("{}")
+    assert (tmp_path / "b" / "frontier" / "fits.json").exists() and not Path(uri.path).exists()
