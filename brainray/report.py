@@ -739,9 +739,8 @@ def _map_plotters(info: dict[str, Any] | None) -> dict[str, Any]:
 
 def _map_rows(info: dict[str, Any], rows: list[tuple[str, pd.Series]], path: Path) -> None:
     """One row of axial slices per (title, r per parcel), on one colour scale symmetric about 0."""
-    from nilearn import plotting
-
     from nibabel.affines import apply_affine
+    from nilearn import plotting
 
     img = info["img"]
     z = apply_affine(img.affine, np.argwhere(np.asarray(img.dataobj) != 0))[:, 2]  # labelled voxels, mm
@@ -775,7 +774,7 @@ def _plot_delta_map(info: dict[str, Any], axis: str, path: Path) -> str | None:
 def _map_section(info: dict[str, Any] | None, out: Path, notes: dict[str, str]) -> str:
     if info is None:
         return ("<p class='note'>No brain maps: they need the labels atlas of measured data (CNeuroMod's "
-                "<code>data.atlas</code>); this dataset has none.</p>")
+                "<code>data.atlas</code>, or <code>write_report(atlas=...)</code>); this dataset has none.</p>")
     head = f"<h3>Brain maps</h3><p class='note'>Atlas <code>{html.escape(info['atlas'])}</code>. "
     if info["error"] is not None:
         return head + "</p>" + _img(out, BRAIN_MAP, notes, "r per parcel of the best trial")
@@ -783,9 +782,9 @@ def _map_section(info: dict[str, Any] | None, out: Path, notes: dict[str, str]) 
     ref = ", ".join(f"{a}={_short(v)}" for a, v in info["reference"].items())
     parts = [head + "Each parcel painted with its held-out r, mean over subjects, on nilearn's MNI template.</p>",
              _img(out, BRAIN_MAP, notes, "r per parcel of the best trial"),
-             f"<p class='note'>Change of r per parcel at each step along an axis (red: the larger value scores "
-             f"better), every other axis at the reference ({html.escape(ref)}); each end is the mean over its trials "
-             "(seeds). Axes with fewer than two values on that line, or without per-parcel scores, have no map.</p>"]
+             f"<p class='note'>Change of r per parcel at each step along an axis, from a value to the next "
+             f"(red: r rises), every other axis at the reference ({html.escape(ref)}); each end is the mean over "
+             "its trials (seeds). Axes with fewer than two values on that line, or without per-parcel scores, have no map.</p>"]
     parts += [_img(out, _delta_map(a), notes, f"delta r per parcel along {a}") for a in dict.fromkeys(steps["axis"])]
     return "\n".join(parts) + _table(steps, left=("axis", "lo_value", "hi_value"))
 

@@ -259,6 +259,17 @@ def _atlas(folder) -> str:
     return str(path)
 
 
+def test_the_atlas_comes_from_the_sweeps_spec_json(tmp_path):
+    from brainray.report import _sweep_atlas
+
+    assert _sweep_atlas(tmp_path) is None  # no sweep wrote this folder
+    (tmp_path / "spec.json").write_text(json.dumps({"data": {"source": "simulated", "atlas": ""}}))
+    assert _sweep_atlas(tmp_path) is None
+    spec = {"data": {"source": "cneuromod", "atlas": "/data/MIST_1095.nii.gz"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert _sweep_atlas(tmp_path) == _sweep_atlas(f"file://{tmp_path}") == "/data/MIST_1095.nii.gz"  # URI sweeps too
+
+
 WEIGHTS = np.array([1.0, 0.5, -1.0, 2.0])  # a parcel's r is brain_r_mean times its weight
 
 
@@ -298,7 +309,7 @@ def test_report_draws_brain_maps_for_cneuromod_with_an_atlas(tmp_path, trials):
     assert "<h3>Brain maps</h3>" in text and "No brain maps" not in text
     section = text.split("<h3>Brain maps</h3>", 1)[1].split("<h2", 1)[0]
     assert section.count("src='data:image/png;base64,") == len(names)  # embedded: the page opens offline
-    assert "(red: the larger value scores better)" in section and "mean_delta_r" in section
+    assert "from a value to the next (red: r rises)" in section and "mean_delta_r" in section
 
 
 @pytest.mark.slow
