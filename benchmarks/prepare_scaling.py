@@ -93,6 +93,12 @@ def _pss(pids: list[int]) -> dict[str, int]:
     return out
 
 
+def _stage(line: str) -> str:
+    """A log line's stage: its bracketed prefix and first word, e.g. ``[tokenizer] step``."""
+    words = line.split()
+    return " ".join(words[:2]) if words and words[0].startswith("[") else "start"
+
+
 def _du(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
@@ -107,12 +113,17 @@ def run_scale(scale: int, work: Path) -> dict:
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     lines: list[str] = []
     peak: dict = {"total": 0}
+    stages: dict[str, dict] = {}  # the peak of each stage, so that a growth can be placed
 
     def sample() -> None:
         while proc.poll() is None:
             parts = _pss(_tree(proc.pid))
-            if sum(parts.values()) > peak["total"]:
-                peak.update(total=sum(parts.values()), by_process=parts, during=lines[-1] if lines else "")
+            total, during = sum(parts.values()), lines[-1] if lines else ""
+            if total > peak["total"]:
+                peak.update(total=total, by_process=parts, during=during)
+            stage = _stage(during)
+            if total > stages.get(stage, {}).get("total", 0):
+                stages[stage] = {"total": total, "by_process": parts}
             time.sleep(0.25)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -126,7 +137,7 @@ def run_scale(scale: int, work: Path) -> dict:
     result = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
     disk = {sub.name: _du(sub) for sub in root.iterdir() if sub.is_dir()}
     return {"scale": scale, **result, "peak_pss_bytes": peak["total"], "peak_by_process": peak["by_process"],
-            "peak_during": peak["during"], "disk_bytes": _du(root), "disk_by_folder": disk}
+            "peak_during": peak["during"], "stage_peaks": stages, "disk_bytes": _du(root), "disk_by_folder": disk}
 
 
 def main() -> None:

@@ -199,7 +199,7 @@ def _train(
     state = _load_checkpoint(Path(checkpoint), config, batch_size, seed, steps)
     torch.manual_seed(seed)
     sample = _between(base, held, held + (1 - held) * min(1.0, STATS_CLIPS / n))
-    stats = vqvae.frame_stats(b["clip"] for b in sample.iter_batches(batch_size=256, batch_format="numpy"))
+    stats = vqvae.frame_stats(b["clip"] for b in sample.iter_batches(batch_size=64, batch_format="numpy"))
     model, optimizer = vqvae.start_training(config, stats, dev)
     first, position = 1, {"epoch": 0, "batch": 0}
     if state is not None:
@@ -249,7 +249,7 @@ def _train(
 def _collect(ds: ray.data.Dataset, limit: int | None = None) -> np.ndarray:
     """The clips of a (small) stream in one array."""
     out: list[np.ndarray] = []
-    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
         out.append(batch["clip"])
         if limit is not None and sum(map(len, out)) >= limit:
             break
@@ -316,12 +316,11 @@ def write_tokens(
     play without a clip gets an empty array)."""
     t0 = time.perf_counter()
     gpus = _gpus()
-    ds = ds.drop_columns(["draw"])
     if gpus:
         ds = ds.map_batches(_GPUCoder, fn_constructor_kwargs={"path": str(model_path)}, batch_size=_CODE_BATCH,
                             num_gpus=1, concurrency=min(gpus, 8), batch_format="numpy")
-    else:
-        ds = ds.map_batches(_code, fn_kwargs={"path": str(model_path)}, batch_size=_CODE_BATCH, num_cpus=1,
+    else:  # a block per call: Ray Data fuses the coding into the replay task, so no clip is stored
+        ds = ds.map_batches(_code, fn_kwargs={"path": str(model_path)}, batch_size=None, num_cpus=1,
                             batch_format="numpy")
     where = f"{min(gpus, 8)} GPU actor(s)" if gpus else "CPU tasks"
     log(f"[tokenizer] tokenizing {len(plays)} plays on {where}")
