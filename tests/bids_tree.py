@@ -47,6 +47,15 @@ def labels() -> np.ndarray:
     return (1 + (x >= 3) + 2 * (y >= 3)).astype(np.int16)
 
 
+def mni_atlas() -> "nib.Nifti1Image":
+    """The four quadrant labels as 10, 20, 30, 40 (not 1..4), 20 mm voxels over MNI space: an atlas
+    that nilearn's bundled MNI template can show."""
+    import nibabel as nib
+
+    affine = np.array([[20.0, 0, 0, -60], [0, 20, 0, -90], [0, 0, 20, -50], [0, 0, 0, 1]])
+    return nib.Nifti1Image(10 * labels(), affine)
+
+
 def confounds(rng: np.random.Generator, n_vols: int, keep: np.ndarray | None = None) -> pd.DataFrame:
     """Every column fMRIPrep writes for "simple" + global signal, orthogonal to ``keep``."""
     names = []

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_tree import labels
+from bids_tree import mni_atlas
 from brainray import parcels, simbrain
 from brainray.simbrain import Parcel
 
@@ -64,12 +64,6 @@ def test_parcel_scores_round_trip_through_a_uri(tmp_path):
 # ----------------------------------------------------------------------------- brain maps
 
 
-def _atlas() -> nib.Nifti1Image:
-    """bids_tree's four quadrant labels as 10, 20, 30, 40 (not 1..4), 20 mm voxels over MNI space."""
-    affine = np.array([[20.0, 0, 0, -60], [0, 20, 0, -90], [0, 0, 20, -50], [0, 0, 0, 1]])
-    return nib.Nifti1Image(10 * labels(), affine)
-
-
 def _measured(trial_id: str, r: list[float], subjects: tuple[str, ...] = ("sub-01",)) -> pd.DataFrame:
     """A measured trial's table (parcels p0000...), the same r for every subject."""
     ds = SimpleNamespace(subject=lambda name: SimpleNamespace(ceiling=None))
@@ -77,7 +71,7 @@ def _measured(trial_id: str, r: list[float], subjects: tuple[str, ...] = ("sub-0
 
 
 def test_paint_puts_each_parcels_value_inside_its_label():
-    atlas = _atlas()
+    atlas = mni_atlas()
     assert list(parcels.atlas_labels(atlas)) == [10, 20, 30, 40]
     values = [0.1, -0.2, 0.3, 0.45]
     img = parcels.paint(atlas, values)
@@ -123,7 +117,7 @@ def test_atlas_labels_follow_the_columns_of_nilearns_labels_masker():
     """The painting rule rests on it: column i of NiftiLabelsMasker (fmri.extract_parcels) is label i."""
     from nilearn.maskers import NiftiLabelsMasker
 
-    atlas = _atlas()
+    atlas = mni_atlas()
     lab = np.asarray(atlas.dataobj).astype(np.float32)
     bold = nib.Nifti1Image(np.stack([lab, 2 * lab], axis=-1), atlas.affine)  # every voxel holds its label
     series = NiftiLabelsMasker(atlas, standardize=None).fit_transform(bold)

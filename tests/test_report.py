@@ -248,14 +248,13 @@ def test_report_maps_the_best_trials_parcels(tmp_path, trials):
 
 
 def _atlas(folder) -> str:
-    """bids_tree's four quadrant labels as 10..40, 20 mm voxels over MNI space, as a NIfTI file."""
+    """:func:`bids_tree.mni_atlas` as a NIfTI file."""
     import nibabel as nib
 
-    from bids_tree import labels
+    from bids_tree import mni_atlas
 
     path = folder / "atlas.nii.gz"
-    nib.save(nib.Nifti1Image(10 * labels(), np.array([[20.0, 0, 0, -60], [0, 20, 0, -90], [0, 0, 20, -50],
-                                                       [0, 0, 0, 1]])), path)
+    nib.save(mni_atlas(), path)
     return str(path)
 
 
