@@ -85,7 +85,8 @@ def trainable(config: dict[str, Any], root: str | None = None) -> None:
             _write_parcels(root, flat["dataset"], triallog.row_id(tune.get_context().get_trial_id(), metrics),
                            parcel_r)
         # A missing value is left out, not sent as NaN: Tune's own TensorBoard logger warns once per NaN.
-        # The sweep's metric stays in every report, as Tune requires. Private keys (``_parcel_r``) stay here.
+        # val_loss stays in every report, as Tune requires of a searcher's metric. Private keys (``_parcel_r``)
+        # stay here.
         clean = {k: v for k, v in metrics.items() if not k.startswith("_")
                  and v is not None and (k == "val_loss" or not isinstance(v, float) or math.isfinite(v))}
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -342,8 +343,8 @@ def _quiet_tune() -> None:
 _REUSE_WAIT = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
 
 # What --fresh may delete under a sweep folder: what brainray writes there, nothing else.
-RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", f"{EXPERIMENT}-extrapolate", "trials", "curves", parcels.PARCELS, "tensorboard", "frontier",
-                  "spec.json")
+RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", f"{EXPERIMENT}-extrapolate", "trials", "curves", parcels.PARCELS,
+                  "tensorboard", "frontier", "spec.json")
 
 
 def run_sweep(
