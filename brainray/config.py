@@ -44,8 +44,8 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: found
 AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 #: Bumped when the prepare stage makes different data from the same settings, so that a cached
 #: dataset of an older brainray is not reused (2: game-state parcel families, VQ-VAE mean frame;
-#: 3: the streaming prepare, training frames regenerated from their bk2).
-DATA_VERSION = 3
+#: 3: the streaming prepare, training frames regenerated from their bk2; 4: the mixed family).
+DATA_VERSION = 4
 #: Control trials: "untrained" scores the reference model with its initial weights.
 CONTROLS = ("untrained",)
 DTYPES = ("fp32", "fp16", "bf16")

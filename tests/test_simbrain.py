@@ -313,7 +313,7 @@ def test_make_parcels_counts_and_reproducible():
     cfg = SimBrainConfig(n_parcels=10)
     parcels = make_parcels("sub-01", names, cfg)
     kinds = [p.kind for p in parcels]
-    assert [kinds.count(k) for k in PARCEL_TYPES] == [4, 2, 2, 0, 0, 0, 2]  # no game-state types by default
+    assert [kinds.count(k) for k in PARCEL_TYPES] == [4, 2, 2, 0, 0, 0, 0, 2]  # no game-state types by default
     assert len({p.label for p in parcels}) == 10
     for p in parcels:
         assert all(feature_type(f) == p.kind for f in p.features)
@@ -509,7 +509,22 @@ def test_state_families_are_drawn_from_the_state(state_subject):
         assert all(feature_type(f) == p.kind for f in p.features)
         if p.kind in STATE_TYPES:
             names = set(gamestate.OBJECT_VARIABLES) | set(gamestate.ANTICIPATION_VARIABLES)
-            assert set(p.features) <= names
+            assert set(p.features) <= names | {f"mixed-{k}" for k in range(16)}
+
+
+def test_mixed_units_are_rectified_random_mixtures_of_the_state(state_runs):
+    """Mixed selectivity: each unit is a fixed nonlinear conjunction of the standardized state, the
+    same for every stream of the same state, and no linear function of it."""
+    r = state_runs[0]
+    feats = stimulus_features(r.frames, r.actions, r.rewards, state=r.state)
+    units = np.stack([feats[f"mixed-{k}"] for k in range(16)], 1)
+    assert units.min() == 0 and 0.1 < (units > 0).mean() < 0.7  # rectified, active part of the time
+    again = stimulus_features(r.frames, r.actions, r.rewards, state=r.state)
+    assert all(np.array_equal(again[f"mixed-{k}"], units[:, k]) for k in range(16))  # fixed units
+    state = np.stack([feats[v] for v in (*gamestate.OBJECT_VARIABLES, *gamestate.ANTICIPATION_VARIABLES)], 1)
+    x = np.c_[state, np.ones(len(state))]
+    resid = units - x @ np.linalg.lstsq(x, units, rcond=None)[0]
+    assert np.mean(resid.var(0) / units.var(0)) > 0.05  # not a linear read-out of the state
 
 
 def test_oracle_reaches_the_ceiling_in_every_family(state_subject, state_runs):
