@@ -12,7 +12,7 @@ with the batches it would have seen.
   worker when the cluster has GPUs (a Ray task that asks for one), else in the calling process;
   it checkpoints every 10 % of the steps.
 - :func:`write_tokens` codes every clip with ``map_batches``: on GPU actors where GPUs exist,
-  in the replay tasks on CPUs otherwise. Tokens are written per play, as the clips come back.
+  in CPU tasks otherwise, a block at a time. Tokens are written per play, as the clips come back.
 
 This is the only module that imports Ray Data (DESIGN).
 """
@@ -319,7 +319,7 @@ def write_tokens(
     if gpus:
         ds = ds.map_batches(_GPUCoder, fn_constructor_kwargs={"path": str(model_path)}, batch_size=_CODE_BATCH,
                             num_gpus=1, concurrency=min(gpus, 8), batch_format="numpy")
-    else:  # a block per call: Ray Data fuses the coding into the replay task, so no clip is stored
+    else:  # a block per call: Ray Data fuses it into a replay task where it follows one directly (not a union)
         ds = ds.map_batches(_code, fn_kwargs={"path": str(model_path)}, batch_size=None, num_cpus=1,
                             batch_format="numpy")
     where = f"{min(gpus, 8)} GPU actor(s)" if gpus else "CPU tasks"
