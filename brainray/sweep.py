@@ -48,13 +48,9 @@ from brainray import trial as trial_mod
 from brainray.config import SEARCHES, SweepSpec, check_search, stable_hash
 from brainray.dataset import Dataset, load_dataset
 
-# Re-exported: sweeps/scaling.py writes its final report with these (brainray.live, brainray.summary).
-from brainray.live import REPORT_LOCK
-from brainray.summary import run_frontier as write_frontier
-
 __all__ = [
     "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback",
-    "TensorBoardCallback", "REPORT_LOCK", "write_frontier", "EXPERIMENT", "SEARCHES",
+    "TensorBoardCallback", "EXPERIMENT", "SEARCHES",
 ]
 
 EXPERIMENT = "tune"

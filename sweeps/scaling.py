@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[brainray] dataset prepared in {time.perf_counter() - t0:.0f} s; run without --prepare-only to sweep")
         return 0
     if not args.no_report:
-        from brainray.sweep import REPORT_LOCK, write_frontier
+        from brainray.live import REPORT_LOCK
+        from brainray.summary import run_frontier
 
         with REPORT_LOCK:  # wait for a live refresh still writing
-            write_frontier(root)
+            run_frontier(root)
     if "://" in root:
         print(_uri_summary(root, time.perf_counter() - t0))
     else:
