@@ -47,7 +47,7 @@ from brainray.devices import pick_device, use_tf32
 from brainray.dataset import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
-__all__ = ["run", "score_brain", "n_pairs", "CHECKPOINT", "PARCEL_R"]
+__all__ = ["run", "score_brain", "run_features", "n_pairs", "CHECKPOINT", "PARCEL_R"]
 
 CHECKPOINT = "checkpoint.pt"
 PARCEL_R = "_parcel_r"  # key of the per-subject per-parcel r in score_brain's scores (and a trial's final report)
@@ -443,6 +443,44 @@ def _pairs(ds: Dataset, split: str, data_frames: int | None) -> torch.Tensor:
 
 
 @torch.no_grad()
+def run_features(model, ds: Dataset, k: int, layer: int, device: torch.device) -> np.ndarray:
+    """Features of stimulus run ``k``'s clips at ``layer``, pooled over space, on its TR grid.
+
+    Each clip is read with the clip before it as context (the first clip is its own), as in
+    training. This is what the ridge sees; ``benchmarks/family_probe.py`` reads it too.
+
+    Returns
+    -------
+    array of shape (n_vols, n_embd)
+    """
+    t, h, w = ds.latent_shape
+    run = ds.manifest["runs"][k]
+    times, feats = [], []
+    for seg in run["segments"]:
+        codes = np.asarray(ds.tokens(seg["replay"]), dtype=np.int64)
+        n_clips = min(len(codes), seg["n_frames"] // ds.clip_span)
+        if n_clips == 0:
+            continue
+        flat = torch.from_numpy(codes[:n_clips]).reshape(n_clips, -1)
+        prev = torch.cat([flat[:1], flat[:-1]])  # the first clip is its own context
+        seq = torch.cat([prev, flat], dim=1)
+        f = torch.cat([
+            gpt.clip_features(model, seq[i : i + 256].to(device), (t, h, w), layer).cpu()
+            for i in range(0, n_clips, 256)
+        ])  # (n_clips, t, C)
+        step = ds.clip_span / t  # raw frames per latent time step
+        starts = np.arange(n_clips)[:, None] * ds.clip_span + (np.arange(t)[None, :] + 0.5) * step
+        times.append(seg["onset"] + starts.reshape(-1) / FPS)
+        feats.append(f.reshape(n_clips * t, -1).numpy())
+    if not feats:
+        raise ValueError(
+            f"{ds.root}: run {run['run']} has no replay of at least one clip ({ds.clip_span} frames) "
+            "inside it, so it has no features; prepare the dataset again without it."
+        )
+    tr_s = float(run.get("tr", ds.manifest["tr"]))  # per run for real data
+    return encoding.resample_to_tr(np.concatenate(times), np.concatenate(feats), tr_s, run["n_vols"])
+
+
 def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.device) -> dict[str, Any]:
     """Features of every stimulus run on the TR grid, then ridge per subject on held-out runs.
 
@@ -460,39 +498,8 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         ``_parcel_r`` (private: not a trial-log column) maps each subject to its held-out r
         per parcel, array of shape (n_parcels,), for ``brainray.parcels.parcel_table``.
     """
-    t, h, w = ds.latent_shape
-    features: dict[int, np.ndarray] = {}  # run index -> (n_vols, C), shared runs computed once
-
-    def run_features(k: int) -> np.ndarray:
-        """Features of run k's clips at ``layer``, pooled over space, on the TR grid: (n_vols, C)."""
-        if k in features:
-            return features[k]
-        run = ds.manifest["runs"][k]
-        times, feats = [], []
-        for seg in run["segments"]:
-            codes = np.asarray(ds.tokens(seg["replay"]), dtype=np.int64)
-            n_clips = min(len(codes), seg["n_frames"] // ds.clip_span)
-            if n_clips == 0:
-                continue
-            flat = torch.from_numpy(codes[:n_clips]).reshape(n_clips, -1)
-            prev = torch.cat([flat[:1], flat[:-1]])  # the first clip is its own context
-            seq = torch.cat([prev, flat], dim=1)
-            f = torch.cat([
-                gpt.clip_features(model, seq[i : i + 256].to(device), (t, h, w), layer).cpu()
-                for i in range(0, n_clips, 256)
-            ])  # (n_clips, t, C)
-            step = ds.clip_span / t  # raw frames per latent time step
-            starts = np.arange(n_clips)[:, None] * ds.clip_span + (np.arange(t)[None, :] + 0.5) * step
-            times.append(seg["onset"] + starts.reshape(-1) / FPS)
-            feats.append(f.reshape(n_clips * t, -1).numpy())
-        if not feats:
-            raise ValueError(
-                f"{ds.root}: run {run['run']} has no replay of at least one clip ({ds.clip_span} frames) "
-                "inside it, so it has no features; prepare the dataset again without it."
-            )
-        tr_s = float(run.get("tr", ds.manifest["tr"]))  # per run for real data
-        features[k] = encoding.resample_to_tr(np.concatenate(times), np.concatenate(feats), tr_s, run["n_vols"])
-        return features[k]
+    runs_used = sorted({k for subject in ds.subjects for k in ds.run_indices(subject)})
+    features = {k: run_features(model, ds, k, layer, device) for k in runs_used}  # shared runs once
 
     out: dict[str, Any] = {}
     parcel_r: dict[str, np.ndarray] = {}
@@ -505,8 +512,8 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
                 f"{ds.root}: {subject} has {len(sub.bold)} BOLD runs but the manifest lists {len(runs)} runs "
                 "for it; prepare the dataset again."
             )
-        X = np.concatenate([run_features(k) for k in runs]).astype(np.float32)
-        groups = np.concatenate([np.full(len(run_features(k)), k) for k in runs])
+        X = np.concatenate([features[k] for k in runs]).astype(np.float32)
+        groups = np.concatenate([np.full(len(features[k]), k) for k in runs])
         Y = np.concatenate(sub.bold).astype(np.float32)
         if len(Y) != len(X):
             raise ValueError(
