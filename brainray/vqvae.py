@@ -575,13 +575,20 @@ class VQVAE(nn.Module):
 # data
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor over a clip array. Ray Data hands batches out as read-only views of its object
+    store, which torch may only wrap as a copy; a writable contiguous array is not copied."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def preprocess(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 clips (B, T, H, W, 3) -> float32 (B, 3, T, H, W) in [-0.5, 0.5].
 
     ``x = pixel / 255 - 0.5``, as VideoGPT. A tensor stays on its device (so copy uint8
     to the GPU first, then preprocess there).
     """
-    x = torch.from_numpy(np.ascontiguousarray(clips)) if isinstance(clips, np.ndarray) else clips
+    x = _tensor(clips) if isinstance(clips, np.ndarray) else clips
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"clips must be a numpy array or a torch tensor; got {type(clips).__name__}.")
     if x.dtype != torch.uint8 or x.ndim != 5 or x.shape[-1] != 3:
@@ -609,7 +616,7 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.inference_mode()
 def _reconstruct_batch(model: VQVAE, clips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(recon clamped to [-0.5, 0.5], codes) of uint8 clips with a model in eval mode."""
-    x = preprocess(torch.from_numpy(np.ascontiguousarray(clips)).to(_model_device(model)))
+    x = preprocess(_tensor(clips).to(_model_device(model)))
     codes = model.encode(x)
     return model.decode(codes).clamp_(-0.5, 0.5), codes
 
@@ -626,7 +633,7 @@ def evaluate(model: VQVAE, clips: np.ndarray, batch_size: int) -> dict[str, floa
     for i in range(0, len(clips), batch_size):
         batch = clips[i : i + batch_size]
         recon, codes = _reconstruct_batch(model, batch)
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(batch)).to(dev))
+        x = preprocess(_tensor(batch).to(dev))
         sq = (recon - x) ** 2
         sq_err += float(sq.double().sum())
         fg = ((x - model.mean_frame).abs().amax(dim=1, keepdim=True) > FOREGROUND).expand_as(x)
@@ -765,7 +772,7 @@ def fit_steps(
     running = dict.fromkeys(keys, 0.0)
     n_running = 0
     for step, clips in zip(range(first, last + 1), batches):
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(clips)).to(dev))  # (B, 3, T, H, W)
+        x = preprocess(_tensor(clips).to(dev))  # (B, 3, T, H, W)
         out = model(x)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -791,7 +798,7 @@ def frame_stats(chunks: Iterable[np.ndarray]) -> tuple[torch.Tensor, float]:
     n = 0
     for chunk in chunks:
         for i in range(0, len(chunk), _STATS_PIECE):  # float64 is 32x a uint8 clip: a piece at a time
-            x = preprocess(torch.from_numpy(np.ascontiguousarray(chunk[i : i + _STATS_PIECE]))).double()
+            x = preprocess(_tensor(chunk[i : i + _STATS_PIECE])).double()
             s, q = x.sum(dim=(0, 2)), (x**2).sum(dim=(0, 2))  # x: (B, 3, T, H, W)
             total, squares = (s, q) if total is None else (total + s, squares + q)
             n += x.shape[0] * x.shape[2]
@@ -816,7 +823,7 @@ def tokenize(model: VQVAE, clips: np.ndarray, batch_size: int = 64, device: str 
     out = np.empty((len(clips), *model.config.latent_shape), dtype=np.int16)
     try:
         for i in range(0, len(clips), batch_size):
-            x = preprocess(torch.from_numpy(np.ascontiguousarray(clips[i : i + batch_size])).to(_model_device(model)))
+            x = preprocess(_tensor(clips[i : i + batch_size]).to(_model_device(model)))
             with torch.inference_mode():
                 out[i : i + batch_size] = model.encode(x).cpu().numpy()
     finally:

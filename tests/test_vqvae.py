@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from brainray.vqvae import (
     Codebook,
     CorruptCheckpointError,
     VQVAEConfig,
+    frame_stats,
     load_vqvae,
     pick_device,
     preprocess,
@@ -458,3 +460,19 @@ def test_save_reconstructions_png(trained, squares, tmp_path):
     assert np.array_equal(grid[:16, :16], squares[0, 0])  # top-left: the first original frame
     with pytest.raises(ValueError, match="clips is empty"):
         save_reconstructions_png(model, squares[:0], tmp_path / "none.png")
+
+
+def test_read_only_clips_are_read_without_a_warning():
+    """Ray Data hands out read-only batches; torch warns on wrapping them, so they are copied."""
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (5, 4, 16, 16, 3), dtype=np.uint8)
+    locked = clips.copy()
+    locked.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a UserWarning here fails the test
+        mean, var = frame_stats([locked])
+        x = preprocess(locked)
+    ref_mean, ref_var = frame_stats([clips])
+    torch.testing.assert_close(mean, ref_mean)
+    assert var == pytest.approx(ref_var)
+    torch.testing.assert_close(x, preprocess(clips))
