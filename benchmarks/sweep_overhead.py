@@ -11,7 +11,7 @@ not grow with the number of trials, so the per-trial overhead is taken from the
 
 It is measured with real 60-second trials, with and without ``reuse_actors``; the naive
 figure ``(wall - rounds * T) / rounds`` of each sweep is kept too. Actor reuse runs under
-brainray's policy (``sweep._REUSE_WAIT``: Tune waits for a finished trial's thread instead of
+brainray's policy (``sweep.REUSE_WAIT``: Tune waits for a finished trial's thread instead of
 failing the next trial after 2 s), as in a sweep.
 
     python benchmarks/sweep_overhead.py            # ~10 min; writes results/benchmarks/sweep_overhead.json
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n2", type=int, default=6, help="trials of the longer sweep")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    from brainray.sweep import _REUSE_WAIT
+    from brainray.sweep import REUSE_WAIT
 
-    os.environ.setdefault(*_REUSE_WAIT)  # the local instance's workers inherit it, as in run_sweep
+    os.environ.setdefault(*REUSE_WAIT)  # the local instance's workers inherit it, as in run_sweep
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows, per_trial = [], {}
     load_before = os.getloadavg()
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "target": "<= 5% for 60-second trials",
-        "actor_reuse_policy": f"{_REUSE_WAIT[0]}={os.environ[_REUSE_WAIT[0]]}",
+        "actor_reuse_policy": f"{REUSE_WAIT[0]}={os.environ[REUSE_WAIT[0]]}",
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1) + "\n")

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ __all__ = [
     "AXES",
     "stable_hash",
     "check_storage",
+    "check_address",
+    "dataset_root",
     "check_search",
     "SearchSpace",
     "SEARCHES",
@@ -710,3 +713,38 @@ def check_storage(storage: str, writable: bool = True) -> str:
     if writable and not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--storage {storage!r}: {existing} is not writable; pass a folder you can write to.")
     return storage.rstrip("/") or "/"
+
+
+def dataset_root(root: str, storage: str, data_dir: str | None, spec: SweepSpec) -> str:
+    """Where the prepared dataset of ``spec`` lives, for the sweep folder ``root`` (``<storage>/<name>``):
+    ``<root>/data/<key>``, or ``<data_dir>/<key>``. A POSIX folder, because trials memory-map its arrays,
+    so a URI ``storage`` needs a ``data_dir``."""
+    if data_dir is None:
+        if "://" in root:
+            raise ValueError(
+                f"--storage {storage!r} is a URI, but the prepared dataset must be on a POSIX path that "
+                "every node can read (trials memory-map it). Pass --data-dir /shared/path (NFS, EFS, "
+                "Lustre) for the dataset; the other outputs still go to the URI."
+            )
+        return f"{root}/data/{spec.data_key()}"
+    if not os.path.isabs(data_dir) or "://" in data_dir:
+        raise ValueError(f"--data-dir {data_dir!r} must be an absolute POSIX path shared by every node.")
+    return str(Path(data_dir) / spec.data_key())
+
+
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse a Ray address whose GCS port does not answer (``ray.init`` would retry it for minutes)."""
+    if address == "auto":
+        return  # ray.init finds the local cluster's address or says that none runs
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r} must be 'auto', HOST:PORT or ray://HOST:PORT.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ValueError(
+            f"--address {address}: nothing answers at {host}:{port} ({e}). Check that the head node runs "
+            "`ray start --head` (GCS port 6379 by default; 10001 for ray://), that this machine can reach "
+            "that port, and that RAY_AUTH_MODE and the auth token match the cluster's."
+        ) from None

@@ -37,7 +37,7 @@ from brainray import triallog
 __all__ = ["PARCELS", "COLUMNS", "parcel_table", "write_parcel_scores", "read_parcel_scores", "summarize",
            "parcel_means", "atlas_labels", "paint", "axis_deltas"]
 
-PARCELS = "parcels"  # folder under the sweep root
+PARCELS = triallog.PARCELS  # folder under the sweep root (its layout is triallog's)
 COLUMNS = ("trial_id", "subject", "parcel", "family", "feature", "receptive_field", "ceiling", "r")
 _RF_FEATURES = ("lum", "contrast", "motion", "surprise")  # simbrain.stimulus_features: one per screen cell
 

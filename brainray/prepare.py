@@ -54,15 +54,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
-from brainray import fmri, gameplay, gamestate, simbrain, stream, video, vqvae
+from brainray import fmri, gameplay, gamestate, locks, simbrain, stream, video, vqvae
 from brainray.config import DataSpec, SpecError, SweepSpec, TokenizerSpec
 from brainray.dataset import (
     DAMAGED, FPS, MANIFEST, Dataset, SubjectBold, describe_incomplete, load_dataset, missing_files, read_manifest,
     reading, why_unreadable,
 )
 
-__all__ = ["Dataset", "SubjectBold", "prepare", "load_dataset", "run_stimulus", "MANIFEST", "REPLAY_ORDER", "FPS"]
+__all__ = ["Dataset", "SubjectBold", "prepare", "prepare_on_ray", "load_dataset", "run_stimulus", "MANIFEST",
+           "REPLAY_ORDER", "FPS"]
 
 Log = Callable[[str], None]
 MapFn = Callable[[Callable, Iterable], list]
@@ -117,8 +119,8 @@ def prepare(
 ) -> Dataset:
     """Build (or read) the dataset of ``spec`` under ``root``; returns it.
 
-    map_fn: a parallel ``map`` (the sweep passes one backed by Ray tasks); plain ``map``
-    by default. It records or replays the plays, one task per play.
+    map_fn: a parallel ``map`` (``prepare_on_ray`` passes one backed by Ray tasks); plain
+    ``map`` by default. It records or replays the plays, one task per play.
 
     A dataset already at ``root`` is read if it is complete. If it is damaged, ``log`` says
     so and what is done: missing token files are tokenized again with its VQ-VAE; if its
@@ -158,6 +160,44 @@ def prepare(
         + " ".join(f"{k}={v:.0f}s" for k, v in timings.items())
     )
     return load_dataset(root)
+
+
+def prepare_on_ray(spec: SweepSpec, root: str, log: Log = print) -> Dataset:
+    """``prepare`` as a Ray task (one CPU) that records the plays in parallel Ray tasks; returns the dataset.
+
+    Ray must be initialized. One prepare per dataset at a time: a sweep that shares ``root`` with
+    a running one waits for it (``<root>.lock``), then reads what it built. The task's log lines
+    reach ``log`` through a Ray queue, in order, before this returns; the prepare's own error is
+    raised here.
+    """
+    from ray.util.queue import Queue
+
+    lines = Queue(actor_options={"num_cpus": 0})
+    try:
+        task = _prepare_task.remote(spec, root, lines)
+        while True:
+            done, _ = ray.wait([task], timeout=0.5)
+            while not lines.empty():
+                log(lines.get())
+            if done:
+                break
+        ray.get(task)
+    finally:
+        lines.shutdown()
+    return load_dataset(root)
+
+
+@ray.remote(num_cpus=1)
+def _prepare_task(spec: SweepSpec, root: str, lines) -> str:
+    with locks.exclusive(f"{root}.lock", f"the dataset {root}", wait=True, log=lines.put):
+        prepare(spec, root, map_fn=_ray_map, log=lines.put)
+    return root
+
+
+def _ray_map(fn: Callable, items: Iterable) -> list:
+    """``map`` over Ray tasks (one CPU each): plays are recorded in parallel across the cluster."""
+    remote = ray.remote(num_cpus=1)(fn)
+    return ray.get([remote.remote(x) for x in items])
 
 
 def _simulated(spec: SweepSpec, root: Path, map_fn: MapFn, log: Log) -> dict[str, Any]:

@@ -1,19 +1,21 @@
 """Run a sweep on Ray Tune: prepare once as a Ray task, then a FIFO grid of plain trials.
 
-This is the only module that imports Ray. The trainable is ``brainray.trial.run`` wrapped
+This is the only module that imports Ray Tune; the prepare runs as a Ray task
+(``brainray.prepare.prepare_on_ray``). The trainable is ``brainray.trial.run`` wrapped
 so that ``report`` becomes ``tune.report`` (with a checkpoint at each epoch) and a
 restored checkpoint is handed back to it. The trial log and TensorBoard files are written
 by thin Tune callbacks: rows are built and written by ``brainray.triallog``, the report is
 rewritten in the background as rows land (``brainray.live``), and ``--extrapolate`` trials
 are planned by ``brainray.extrapolate``. This module only wires them to Tune.
 
-Layout under ``<storage>/<sweep>/``: ``data/<hash>/`` (prepared dataset, or under
-``data_dir``), ``tune/`` (Tune's experiment state and checkpoints; ``tune-optuna/`` for an
-Optuna search), ``trials/`` and ``curves/`` (Parquet), ``parcels/`` (one Parquet table of
+Layout under ``<storage>/<sweep>/`` (its names are ``brainray.triallog``'s; ``--fresh`` empties
+it with ``triallog.remove_results``): ``data/<hash>/`` (the prepared dataset, or under ``data_dir``:
+``config.dataset_root``), ``tune/`` (Tune's experiment state and checkpoints; ``tune-optuna/`` for
+an Optuna search), ``trials/`` and ``curves/`` (Parquet), ``parcels/`` (one Parquet table of
 per-parcel r per scored trial, ``brainray.parcels``), ``tensorboard/`` and ``frontier/``.
-``storage`` may be a URI (``s3://``, ``gs://``, ``file://``): Tune, the trial log, the
-curves, TensorBoard and the report go through pyarrow filesystems (``triallog.Staged``). The prepared dataset is
-memory-mapped by every trial, so it needs a POSIX path that every node can read
+``storage`` may be a URI (``s3://``, ``gs://``, ``file://``): Tune, the trial log, the curves,
+TensorBoard and the report go through pyarrow filesystems (``triallog.Staged``). The prepared
+dataset is memory-mapped by every trial, so it needs a POSIX path that every node can read
 (``data_dir``, e.g. NFS); a URI storage without ``data_dir`` is refused.
 
 Fault tolerance (tested in ``tests/test_faults.py``): a lost node's trials are retried
@@ -29,31 +31,28 @@ import json
 import logging
 import math
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-import brainray
-from brainray import extrapolate as xp
 from brainray import live, locks, parcels, reaper, triallog
+from brainray import extrapolate as xp
 from brainray import prepare as prep
 from brainray import trial as trial_mod
-from brainray.config import SEARCHES, SweepSpec, check_search, stable_hash
-from brainray.dataset import Dataset, load_dataset
+from brainray.config import SEARCHES, SearchSpace, SweepSpec, check_address, check_search, dataset_root, stable_hash
+from brainray.dataset import load_dataset
+from brainray.triallog import EXPERIMENT
 
 __all__ = [
-    "run_sweep", "SweepInterrupted", "RESULT_ENTRIES", "trial_resources", "check_resources", "TrialLogCallback",
-    "TensorBoardCallback", "EXPERIMENT", "SEARCHES",
+    "run_sweep", "SweepInterrupted", "trial_resources", "check_resources", "TrialLogCallback", "TensorBoardCallback",
+    "SEARCHES", "REUSE_WAIT",
 ]
 
-EXPERIMENT = "tune"
 Log = Callable[[str], None]
 
 
@@ -72,7 +71,7 @@ def trainable(config: dict[str, Any], root: str | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # Read by Tune in this process when it reuses it for the next trial (a user's own value is kept);
     # set here, the one place that runs in every trial's process however Ray was started.
-    os.environ.setdefault(*_REUSE_WAIT)
+    os.environ.setdefault(*REUSE_WAIT)
     flat = {**{k: v for k, v in config.items() if k != "trial"}, **config["trial"]}
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -277,42 +276,6 @@ class TensorBoardCallback(tune.Callback):
 
 
 # -- driver ----------------------------------------------------------------------------------
-def _ray_map(fn: Callable, items) -> list:
-    """``map`` over Ray tasks (one CPU each): plays are recorded in parallel across the cluster."""
-    remote = ray.remote(num_cpus=1)(fn)
-    return ray.get([remote.remote(x) for x in items])
-
-
-@ray.remote(num_cpus=1)
-def _prepare_task(spec: SweepSpec, root: str, lines) -> str:
-    """Prepare (or find) the dataset, one prepare per dataset at a time: sweeps that share it wait.
-
-    Log lines go to the driver through ``lines`` (a Ray queue), so they print in order, before
-    the driver's own "ready".
-    """
-    with locks.exclusive(f"{root}.lock", f"the dataset {root}", wait=True, log=lines.put):
-        prep.prepare(spec, root, map_fn=_ray_map, log=lines.put)
-    return root
-
-
-def _prepare(spec: SweepSpec, data_root: str, log: Log) -> Dataset:
-    from ray.util.queue import Queue
-
-    lines = Queue(actor_options={"num_cpus": 0})
-    try:
-        task = _prepare_task.remote(spec, data_root, lines)
-        while True:
-            done, _ = ray.wait([task], timeout=0.5)
-            while not lines.empty():
-                log(lines.get())
-            if done:
-                break
-        ray.get(task)  # raises the prepare's own error
-    finally:
-        lines.shutdown()
-    return load_dataset(data_root)
-
-
 class SweepInterrupted(RuntimeError):
     """The sweep stopped before every trial finished (Ctrl-C, a stop signal); its log is partial."""
 
@@ -336,11 +299,7 @@ def _quiet_tune() -> None:
 # Tune waits this long (default 2 s) for a finished trial's thread before reusing its actor,
 # and fails the next trial when it misses it, which a busy machine does. A finished trial's
 # thread always ends (it only frees memory), so waiting for it is safe.
-_REUSE_WAIT = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
-
-# What --fresh may delete under a sweep folder: what brainray writes there, nothing else.
-RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", f"{EXPERIMENT}-extrapolate", "trials", "curves", parcels.PARCELS,
-                  "tensorboard", "frontier", "spec.json")
+REUSE_WAIT = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
 
 
 def run_sweep(
@@ -410,15 +369,15 @@ def run_sweep(
     if extrapolate is not None:
         xp.check_request(extrapolate, fresh, search)
     root = f"{str(storage).rstrip('/')}/{spec.name}"
-    data_root = _data_root(root, storage, data_dir, spec)
+    data_root = dataset_root(root, storage, data_dir, spec)
     fs, base = triallog.filesystem(root)
     fs.create_dir(base, recursive=True)
     lock = f"{base}/.driver.lock" if not triallog.is_uri(root) else \
         str(Path(data_root).parent / f".driver-{stable_hash(root)}.lock")
     with locks.exclusive(lock, f"the sweep {root}"):
         if fresh:
-            _remove_results(fs, base)
-            log(f"[sweep] --fresh: removed previous results in {root} ({', '.join(RESULT_ENTRIES)})")
+            triallog.remove_results(root)
+            log(f"[sweep] --fresh: removed previous results in {root} ({', '.join(triallog.RESULT_ENTRIES)})")
         with fs.open_output_stream(f"{base}/spec.json") as f:
             f.write(json.dumps(spec.to_dict(), indent=1, default=str).encode())
         if not ray.is_initialized():
@@ -430,7 +389,7 @@ def run_sweep(
 
         t0 = time.perf_counter()
         log(f"[prepare] dataset {data_root}")
-        dataset = _prepare(spec, data_root, log)
+        dataset = prep.prepare_on_ray(spec, data_root, log)
         spec.validate(max_data_frames=dataset.train_frames)
         log(f"[prepare] ready in {time.perf_counter() - t0:.0f} s ({dataset.train_frames} training frames)")
         if prepare_only:
@@ -445,16 +404,6 @@ def run_sweep(
     return root
 
 
-def _remove_results(fs: pafs.FileSystem, base: str) -> None:
-    """Delete what brainray wrote in a sweep folder (``RESULT_ENTRIES``); the dataset and anything else stay."""
-    for name in RESULT_ENTRIES:
-        info = fs.get_file_info(f"{base}/{name}")
-        if info.type == pafs.FileType.Directory:
-            fs.delete_dir(info.path)
-        elif info.type == pafs.FileType.File:
-            fs.delete_file(info.path)
-
-
 def _start_ray(address: str | None, num_cpus: int | None) -> None:
     """A new local instance without ``address``; else join it, failing fast if it cannot be reached.
 
@@ -466,29 +415,11 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
         ctx = ray.init(address="local", num_cpus=num_cpus, log_to_driver=True, include_dashboard=False)
         reaper.watch(os.getpid(), ctx.address_info["session_dir"])
         return
-    _check_reachable(address)
+    check_address(address)
     try:
         ray.init(address=address, log_to_driver=True)
     except ConnectionError as e:
         raise ValueError(f"--address {address}: {e}") from e
-
-
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Refuse an address whose GCS port does not answer (``ray.init`` would retry it for minutes)."""
-    if address == "auto":
-        return  # ray.init finds the local cluster's address or says that none runs
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--address {address!r} must be 'auto', HOST:PORT or ray://HOST:PORT.")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise ValueError(
-            f"--address {address}: nothing answers at {host}:{port} ({e}). Check that the head node runs "
-            "`ray start --head` (GCS port 6379 by default; 10001 for ray://), that this machine can reach "
-            "that port, and that RAY_AUTH_MODE and the auth token match the cluster's."
-        ) from None
 
 
 def _run_trials(
@@ -542,6 +473,8 @@ def _run_trials(
         )
         # The restored run config holds the callbacks pickled by the first run, with the paths
         # of that run: a sweep folder moved or copied since would be written at its old place.
+        # Ray 2.60 has no public way to replace them: Tuner.restore takes no run_config, and the
+        # restored RunConfig is reachable only through the private _local_tuner (ray-project/ray#41364).
         restored = tuner._local_tuner.get_run_config()
         restored.callbacks, restored.progress_reporter = callbacks, reporter
     else:
@@ -579,22 +512,7 @@ def _run_trials(
     log(f"[sweep] trials done in {time.perf_counter() - t0:.0f} s")
 
 
-def _data_root(root: str, storage: str, data_dir: str | None, spec: SweepSpec) -> str:
-    """Where the prepared dataset lives: a POSIX folder, because trials memory-map its arrays."""
-    if data_dir is None:
-        if triallog.is_uri(root):
-            raise ValueError(
-                f"--storage {storage!r} is a URI, but the prepared dataset must be on a POSIX path that "
-                "every node can read (trials memory-map it). Pass --data-dir /shared/path (NFS, EFS, "
-                "Lustre) for the dataset; the other outputs still go to the URI."
-            )
-        return f"{root}/data/{spec.data_key()}"
-    if not os.path.isabs(data_dir) or triallog.is_uri(data_dir):
-        raise ValueError(f"--data-dir {data_dir!r} must be an absolute POSIX path shared by every node.")
-    return str(Path(data_dir) / spec.data_key())
-
-
-class _OptunaSpace(brainray.config.SearchSpace):
+class _OptunaSpace(SearchSpace):
     """Optuna define-by-run form of ``config.SearchSpace`` (its ranges, which ``--dry-run`` prints).
 
     A class, not a closure: the searcher is pickled into the experiment state.

@@ -51,6 +51,10 @@ __all__ = [
     "CorruptLogError",
     "filesystem",
     "is_uri",
+    "EXPERIMENT",
+    "PARCELS",
+    "RESULT_ENTRIES",
+    "remove_results",
     "branch_id",
     "row_id",
     "is_final",
@@ -114,6 +118,25 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
 
 
 _fs = filesystem
+
+# The sweep folder: what brainray writes under <storage>/<sweep> besides the prepared dataset (data/).
+EXPERIMENT = "tune"  # Ray Tune's state and checkpoints; tune-optuna/ and tune-extrapolate/ beside it
+PARCELS = "parcels"  # per-parcel r, one table per scored trial (brainray.parcels)
+#: What ``remove_results`` (``--fresh``) deletes under a sweep folder: what brainray writes there, nothing else.
+RESULT_ENTRIES = (EXPERIMENT, f"{EXPERIMENT}-optuna", f"{EXPERIMENT}-extrapolate", "trials", "curves", PARCELS,
+                  "tensorboard", "frontier", "spec.json")
+
+
+def remove_results(root: str) -> None:
+    """Delete ``RESULT_ENTRIES`` under the sweep folder ``root`` (a path or a URI): ``--fresh``. The prepared
+    dataset and anything else stay."""
+    fs, base = filesystem(root)
+    for name in RESULT_ENTRIES:
+        info = fs.get_file_info(f"{base}/{name}")
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
 
 
 class Staged:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from brainray import config
-from brainray.config import AXES, SearchSpace, SpecError, check_storage, load_spec
+from brainray.config import AXES, SearchSpace, SpecError, check_address, check_storage, dataset_root, load_spec
 from brainray.summary import dry_run_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,6 +79,27 @@ def test_relative_storage_is_refused():
         check_storage("results")
     assert check_storage("/tmp/x/") == "/tmp/x"
     assert check_storage("s3://bucket/x") == "s3://bucket/x"
+
+
+def test_the_dataset_lives_on_a_posix_path_keyed_by_its_settings():
+    spec = load_spec("smoke")
+    key = spec.data_key()
+    assert dataset_root("/r/smoke", "/r", None, spec) == f"/r/smoke/data/{key}"
+    assert dataset_root("s3://b/smoke", "s3://b", "/shared/data", spec) == f"/shared/data/{key}"
+    with pytest.raises(ValueError, match="is a URI, but the prepared dataset must be on a POSIX path"):
+        dataset_root("s3://b/smoke", "s3://b", None, spec)
+    for bad in ("data", "s3://b/data"):
+        with pytest.raises(ValueError, match="must be an absolute POSIX path shared by every node"):
+            dataset_root("/r/smoke", "/r", bad, spec)
+
+
+def test_an_address_is_checked_before_ray_starts():
+    check_address("auto")  # ray.init resolves it
+    for bad in ("localhost", "ray://head", "head:port"):
+        with pytest.raises(ValueError, match="must be 'auto', HOST:PORT or ray://HOST:PORT"):
+            check_address(bad)
+    with pytest.raises(ValueError, match=r"nothing answers at 127\.0\.0\.1:1 .*ray start --head"):
+        check_address("127.0.0.1:1", timeout_s=2)
 
 
 def test_data_smaller_than_a_clip_pair(tmp_path):

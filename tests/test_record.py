@@ -248,15 +248,13 @@ def test_sweeps_that_share_a_dataset_build_it_once(tmp_path, smoke_spec):
 
 # -- --fresh, --address ----------------------------------------------------------------------------
 def test_fresh_removes_only_what_brainray_wrote(tmp_path):
-    from brainray.sweep import RESULT_ENTRIES, _remove_results
-
     sweep = tmp_path / "mine"
-    for name in RESULT_ENTRIES:
+    for name in triallog.RESULT_ENTRIES:
         (sweep / name).mkdir(parents=True) if "." not in name else (sweep / name).write_text("{}")
     (sweep / "data" / "abc").mkdir(parents=True)
     (sweep / "notes.txt").write_text("mine")
     (tmp_path / "other-sweep").mkdir()
-    _remove_results(*triallog.filesystem(str(sweep)))
+    triallog.remove_results(str(sweep))
     assert sorted(p.name for p in sweep.iterdir()) == ["data", "notes.txt"]
     assert (tmp_path / "other-sweep").is_dir()
 
