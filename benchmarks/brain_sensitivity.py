@@ -179,7 +179,7 @@ def _md(res: dict) -> str:
               "| feature | R² from pixels |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in res["pixel_share"].items()]
     lines += ["", "How much of each family training can reveal at all, read without noise from the models' "
-              "features, and the largest gain any mix could show: `benchmarks/family_probe.py` "
+              "features and from the VQ codes alone, and the largest gain any mix could show: `benchmarks/family_probe.py` "
               "(`family_probe.md`)."]
     lines += ["", "## By width", "", "brain_r_mean of each untrained width against the same config trained (mean over "
               "its seeds).", "", "| n_embd | untrained | trained | gain | trained trials |", "|---|---|---|---|---|"]

@@ -9,7 +9,9 @@ noiseless r times its noise ceiling, so per family:
 
     predicted gain in r  ~=  (noiseless r trained - noiseless r untrained) x mean ceiling
 
-and the largest gain in ``brain_r_mean`` that *any* mix of these families could show is
+Beside the models, the same ridge reads the VQ codes themselves, pooled over the screen and
+by position: what the input already holds, with no model at all. And the largest gain in
+``brain_r_mean`` that *any* mix of these families could show is
 bounded by putting every parcel that is neither the pixel floor (``visual``) nor noise into
 the family that gains most, at the top of the SNR range.
 
@@ -35,12 +37,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from brainray import encoding, simbrain, trial  # noqa: E402
 from brainray.config import load_spec  # noqa: E402
 from brainray.prepare import prepare, run_stimulus  # noqa: E402
 
 OUT = REPO / "results" / "benchmarks"
+#: Read-outs with no model, beside the models: the codes pooled over the screen, and by position.
+TOKEN_READOUTS = {"codes pooled (no model)": False, "codes by position (no model)": True}
 
 
 def _configs(spec, ds_root: str) -> dict[str, dict]:
@@ -73,6 +78,23 @@ def _features(config: dict, ds) -> tuple[np.ndarray, dict]:
     runs = range(len(ds.manifest["runs"]))
     X = [trial.run_features(seen["model"], ds, k, seen["layer"], seen["device"]) for k in runs]
     return np.concatenate(X).astype(np.float32), {k: metrics[k] for k in ("val_loss", "brain_r_mean")}
+
+
+def _code_histogram(ds, by_position: bool) -> list[np.ndarray]:
+    """The clips' VQ codes themselves, no model: per latent time step, the share of each code over
+    the screen (``by_position=False``, n_codes columns) or the one-hot code of every latent
+    position (n_codes x positions). A pooled model's features are a learned or random map of
+    the first: what a linear read-out of it gets, a model need not learn."""
+    t, h, w = ds.latent_shape
+    n_codes = int(ds.manifest["tokenizer"]["n_codes"])
+
+    def codes(seq: torch.Tensor) -> torch.Tensor:  # (B, 2T) -> (B, t, C)
+        onehot = torch.nn.functional.one_hot(seq[:, t * h * w :], n_codes).float().reshape(len(seq), t, h * w, n_codes)
+        return onehot.reshape(len(seq), t, -1) if by_position else onehot.mean(dim=2)
+
+    runs = [trial.run_clip_features(ds, k, codes) for k in range(len(ds.manifest["runs"]))]
+    used = np.concatenate(runs).std(axis=0) > 0  # codes never used carry nothing
+    return [x[:, used].astype(np.float32) for x in runs]
 
 
 def _targets(ds) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -108,6 +130,12 @@ def measure(storage: Path, preset: str) -> dict:
         X, models[name] = _features(config, ds)
         r[name] = encoding.encode_subject(X, Y, groups, alphas=tr.alphas, delays=tr.delays, device="cpu")
         print(f"[probe] {name}: {models[name]}, {time.perf_counter() - t0:.0f} s", flush=True)
+    for name, by_position in TOKEN_READOUTS.items():
+        X = _code_histogram(ds, by_position)
+        r[name] = encoding.encode_subject(np.concatenate(X), Y, groups, alphas=tr.alphas, delays=tr.delays, device="cpu")
+        scores = trial.score_features(dict(enumerate(X)), ds, tr, "cpu")
+        models[name] = {"val_loss": None, "brain_r_mean": scores["brain_r_mean"]}
+        print(f"[probe] {name}: {X[0].shape[1]} columns, {models[name]}", flush=True)
     kinds = np.array([simbrain.feature_type(n) for n in names])
     ceiling = _ceilings(ds)
     families = []
@@ -139,7 +167,7 @@ def measure(storage: Path, preset: str) -> dict:
 
 
 def _md(res: dict, meta: dict) -> str:
-    cols = ["untrained reference", "trained reference", "untrained largest", "trained largest"]
+    cols = ["untrained reference", "trained reference", "untrained largest", "trained largest", *TOKEN_READOUTS]
     lines = [
         "# Family probe: how much can training show on the simulated brain?", "",
         f"`python benchmarks/family_probe.py`, {meta['date']}, {meta['machine']}, {meta['minutes']:.1f} min. "
@@ -147,7 +175,8 @@ def _md(res: dict, meta: dict) -> str:
         "(ridge and leave-one-run-out split of `trial.score_brain`). Reference: "
         "the preset's reference config; largest: its widest model on its most data.", "",
         "| model | val loss | brain_r_mean (measured, with noise) |", "|---|---|---|",
-        *[f"| {k} | {v['val_loss']:.3f} | {v['brain_r_mean']:.3f} |" for k, v in res["models"].items()], "",
+        *[f"| {k} | {'—' if v['val_loss'] is None else format(v['val_loss'], '.3f')} | {v['brain_r_mean']:.3f} |"
+          for k, v in res["models"].items()], "",
         "## Noiseless r per family", "",
         "Gain: trained − untrained, same config and seed. Predicted: gain × the family's mean noise ceiling, "
         "what the gain in measured r should be.", "",
@@ -163,6 +192,23 @@ def _md(res: dict, meta: dict) -> str:
             + f" | {g['reference']:+.3f}, {g['reference seed 1']:+.3f} | {g['largest']:+.3f} | "
             f"{g['largest vs untrained reference']:+.3f} | {f['predicted_gain']['largest vs untrained reference']:+.3f} |"
         )
+    fams = res["families"]
+    pooled, by_pos = TOKEN_READOUTS
+    above = [f["family"] for f in fams if f["noiseless_r"][pooled] >= f["noiseless_r"]["trained largest"]]
+    lines += [
+        "", "## The codes alone", "",
+        "- A ridge on the codes themselves, with no model (the share of each VQ code on the screen per latent step), "
+        f"reads {len(above)} of {len(fams)} families at least as well as the largest trained model"
+        + (f" ({', '.join(above)})" if above else "") + "; by position, "
+        f"{sum(f['noiseless_r'][by_pos] >= f['noiseless_r']['trained largest'] for f in fams)} of {len(fams)}.",
+        "- Every model's features are pooled over the screen, n_embd numbers per step: a random (untrained) or "
+        "learned map of that histogram. Where the codes alone read a family better than any model, the readout "
+        "is the bottleneck, not what the model learned: training can only recover part of what its input holds.",
+        f"- With noise, on the demo's parcels: the codes pooled score brain_r_mean "
+        f"**{res['models'][pooled]['brain_r_mean']:.3f}** and by position **{res['models'][by_pos]['brain_r_mean']:.3f}**, "
+        f"against {res['models']['untrained reference']['brain_r_mean']:.3f} untrained and "
+        f"{res['models']['trained largest']['brain_r_mean']:.3f} for the largest trained model.",
+    ]
     b = res["bound"]
     lines += [
         "", "## What any mix could show", "",

@@ -47,7 +47,7 @@ from brainray.devices import pick_device, use_tf32
 from brainray.dataset import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
-__all__ = ["run", "score_brain", "run_features", "n_pairs", "CHECKPOINT", "PARCEL_R"]
+__all__ = ["run", "score_brain", "score_features", "run_features", "run_clip_features", "n_pairs", "CHECKPOINT", "PARCEL_R"]
 
 CHECKPOINT = "checkpoint.pt"
 PARCEL_R = "_parcel_r"  # key of the per-subject per-parcel r in score_brain's scores (and a trial's final report)
@@ -453,6 +453,17 @@ def run_features(model, ds: Dataset, k: int, layer: int, device: torch.device) -
     -------
     array of shape (n_vols, n_embd)
     """
+    shape = ds.latent_shape
+    return run_clip_features(ds, k, lambda seq: gpt.clip_features(model, seq.to(device), shape, layer).cpu())
+
+
+def run_clip_features(ds: Dataset, k: int, clip_features: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """``clip_features`` of stimulus run ``k``'s clips, on its TR grid.
+
+    ``clip_features`` maps a batch of (context clip, clip) code sequences, (B, 2T), to one
+    vector per latent time step of the clip, (B, t, C). A model's features are one such map;
+    ``benchmarks/family_probe.py`` passes the code histogram too, a read-out with no model.
+    """
     t, h, w = ds.latent_shape
     run = ds.manifest["runs"][k]
     times, feats = [], []
@@ -464,10 +475,7 @@ def run_features(model, ds: Dataset, k: int, layer: int, device: torch.device) -
         flat = torch.from_numpy(codes[:n_clips]).reshape(n_clips, -1)
         prev = torch.cat([flat[:1], flat[:-1]])  # the first clip is its own context
         seq = torch.cat([prev, flat], dim=1)
-        f = torch.cat([
-            gpt.clip_features(model, seq[i : i + 256].to(device), (t, h, w), layer).cpu()
-            for i in range(0, n_clips, 256)
-        ])  # (n_clips, t, C)
+        f = torch.cat([clip_features(seq[i : i + 256]) for i in range(0, n_clips, 256)])  # (n_clips, t, C)
         step = ds.clip_span / t  # raw frames per latent time step
         starts = np.arange(n_clips)[:, None] * ds.clip_span + (np.arange(t)[None, :] + 0.5) * step
         times.append(seg["onset"] + starts.reshape(-1) / FPS)
@@ -500,7 +508,12 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
     """
     runs_used = sorted({k for subject in ds.subjects for k in ds.run_indices(subject)})
     features = {k: run_features(model, ds, k, layer, device) for k in runs_used}  # shared runs once
+    return score_features(features, ds, tr, device)
 
+
+def score_features(features: dict[int, np.ndarray], ds: Dataset, tr: TrainSpec, device: torch.device | str) -> dict[str, Any]:
+    """:func:`score_brain` of given TR features, one array (n_vols, C) per run index: the ridge
+    per subject on held-out runs, and the scores pooled over subjects and per family."""
     out: dict[str, Any] = {}
     parcel_r: dict[str, np.ndarray] = {}
     rs, ceilings, families = [], [], []

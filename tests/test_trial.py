@@ -209,3 +209,27 @@ def test_each_size_scores_the_best_weights_on_its_own_path(trial_config, tmp_pat
     t.best = ckpts[-1]["best_model"]
     assert t.finish(last["step"])["brain_r_mean"] == pytest.approx(last["brain_r_mean"], abs=1e-6)
     assert first != pytest.approx(last["brain_r_mean"], abs=1e-6)
+
+
+def test_run_clip_features_puts_each_clip_on_the_tr_grid(tiny_dataset):
+    """The code histogram of a run, through the same path as a model's features: every volume
+    with gameplay holds shares of codes that sum to 1, volumes without any are 0, and a model's
+    features come through the same function."""
+    ds = load_dataset(tiny_dataset.root)
+    t, h, w = ds.latent_shape
+    n_codes = int(ds.manifest["tokenizer"]["n_codes"])
+
+    def shares(seq):
+        onehot = torch.nn.functional.one_hot(seq[:, t * h * w :], n_codes).float()
+        return onehot.reshape(len(seq), t, h * w, n_codes).mean(dim=2)
+
+    run = ds.manifest["runs"][0]
+    X = trial.run_clip_features(ds, 0, shares)
+    assert X.shape == (run["n_vols"], n_codes)
+    total = X.sum(axis=1)
+    played = total > 0
+    assert played.mean() > 0.5
+    np.testing.assert_allclose(total[played], 1.0, rtol=1e-5)
+    tr = float(ds.manifest["tr"])
+    first = min(seg["onset"] for seg in run["segments"])
+    assert not played[: int(first // tr)].any()  # nothing before the first play starts
