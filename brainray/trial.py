@@ -464,7 +464,7 @@ def run_clip_features(ds: Dataset, k: int, clip_features: Callable[[torch.Tensor
     vector per latent time step of the clip, (B, t, C). A model's features are one such map;
     ``benchmarks/family_probe.py`` passes the code histogram too, a read-out with no model.
     """
-    t, h, w = ds.latent_shape
+    t = ds.latent_shape[0]
     run = ds.manifest["runs"][k]
     times, feats = [], []
     for seg in run["segments"]:
