@@ -46,6 +46,8 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "LawFit",
+    "reference_value",
+    "short_value",
     "fit_law",
     "fit_compute_law",
     "ComputeLaw",
@@ -1178,8 +1180,8 @@ def config_frontier(fit: LawFit, trials_df: pd.DataFrame, budgets: Any,
     return (value, *_band(curves, value.shape, level))
 
 
-def _mode(s: pd.Series) -> Any:
-    """Most common value; ties go to the largest value (the reference is usually big)."""
+def reference_value(s: pd.Series) -> Any:
+    """The reference value of an axis: its most common value; ties go to the largest (the reference is usually big)."""
     counts = s.value_counts(dropna=True)
     top = counts[counts == counts.max()].index
     try:
@@ -1230,7 +1232,7 @@ def axis_effects(trials_df: pd.DataFrame, metric: str,
         raise ValueError(f"axis_effects: metric {metric!r} is not a column of the trial "
                          f"table; columns are {list(trials_df.columns)}.")
     axes = [a for a in axes if a in trials_df.columns]
-    ref = {a: _mode(trials_df[a]) for a in axes if trials_df[a].notna().any()}
+    ref = {a: reference_value(trials_df[a]) for a in axes if trials_df[a].notna().any()}
     ref.update(reference or {})
     rows = []
     for ax in axes:
@@ -1634,7 +1636,7 @@ def _with_ci(x: float, lo: float, hi: float, unit: str = "", digits: int = 3) ->
     return f"{_pm(x, digits)}{unit}{ci}"
 
 
-def _short_value(v: Any) -> str:
+def short_value(v: Any) -> str:
     """An axis value for a label: 10000 -> 10K, 6000000 -> 6M, 55063 -> 55.1K."""
     if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
         v = int(v)
@@ -1701,7 +1703,7 @@ def findings(analysis: dict[str, Any]) -> list[dict[str, Any]]:
     loss = contrasts["val_loss"].set_index("axis") if len(contrasts["val_loss"]) else None
     for c in contrasts["brain_r_mean"].itertuples():
         name = _AXIS_NAMES.get(c.axis, c.axis)
-        span = f"{_short_value(c.lo_value)}→{_short_value(c.hi_value)}"
+        span = f"{short_value(c.lo_value)}→{short_value(c.hi_value)}"
         what = (f"within seed noise ({_with_ci(c.diff, c.ci_lo, c.ci_hi, ' r')})" if c.verdict == "within seed noise"
                 else f"{_with_ci(c.diff, c.ci_lo, c.ci_hi, ' r')}" + (", noise unknown" if c.verdict == "noise unknown"
                                                                       else ""))

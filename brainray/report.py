@@ -52,7 +52,7 @@ from brainray import frontier, parcels, reuse, triallog  # noqa: E402
 from brainray.frontier import (  # noqa: E402
     AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier, pareto_front, score_families,
 )
-from brainray.frontier import _mode, _short_value as _short  # noqa: E402
+from brainray.frontier import reference_value, short_value  # noqa: E402
 
 __all__ = ["write_report", "PLOTS", "REUSE_PLOT", "PARCEL_PLOT", "BRAIN_MAP"]
 
@@ -426,7 +426,7 @@ def _plot_axis_effects(analysis: dict[str, Any], path: Path) -> str | None:
             ax.errorbar(x, m, yerr=[lo, hi], fmt="o-", color="C0" if r == 0 else "C3",
                         capsize=3, ms=4, lw=1)
             ax.set_xticks(x)
-            ax.set_xticklabels([_short(v) for v in e["value"]], fontsize=8, rotation=30)
+            ax.set_xticklabels([short_value(v) for v in e["value"]], fontsize=8, rotation=30)
             held = e["held"].iloc[0] if len(e) else ""
             ax.set_title(f"{ax_name}" + (" (marginal)" if held == "marginal" else ""),
                          fontsize=9)
@@ -705,7 +705,7 @@ def _map_analysis(table: pd.DataFrame | None, best: str | None, usable: pd.DataF
         info["error"] = (f"the best trial has {len(info['r'])} parcels but the atlas {info['atlas']} has {n_labels} "
                          "labels: its scores come from another atlas")
         return info
-    info["reference"] = {a: _mode(usable[a]) for a in AXES if a in usable.columns and usable[a].notna().any()}
+    info["reference"] = {a: reference_value(usable[a]) for a in AXES if a in usable.columns and usable[a].notna().any()}
     info["deltas"] = parcels.axis_deltas(
         usable, info["reference"], lambda t: table if t == best else parcels.read_parcel_scores(root, t))
     return info
@@ -765,7 +765,7 @@ def _plot_r_map(info: dict[str, Any], path: Path) -> str | None:
 
 def _plot_delta_map(info: dict[str, Any], axis: str, path: Path) -> str | None:
     d = info["deltas"][info["deltas"]["axis"] == axis]
-    rows = [(f"{axis} {_short(lo)} → {_short(hi)}: Δr per parcel (mean {g['delta_r'].mean():+.3f})",
+    rows = [(f"{axis} {short_value(lo)} → {short_value(hi)}: Δr per parcel (mean {g['delta_r'].mean():+.3f})",
              g.set_index("parcel")["delta_r"]) for (lo, hi), g in d.groupby(["lo_value", "hi_value"], sort=False)]
     _map_rows(info, rows, path)
     return None
@@ -779,7 +779,7 @@ def _map_section(info: dict[str, Any] | None, out: Path, notes: dict[str, str]) 
     if info["error"] is not None:
         return head + "</p>" + _img(out, BRAIN_MAP, notes, "r per parcel of the best trial")
     steps = _map_steps(info["deltas"])
-    ref = ", ".join(f"{a}={_short(v)}" for a, v in info["reference"].items())
+    ref = ", ".join(f"{a}={short_value(v)}" for a, v in info["reference"].items())
     parts = [head + "Each parcel painted with its held-out r, mean over subjects, on nilearn's MNI template.</p>",
              _img(out, BRAIN_MAP, notes, "r per parcel of the best trial"),
              f"<p class='note'>Change of r per parcel at each step along an axis, from a value to the next "
@@ -909,7 +909,7 @@ def _interactive_axes(analysis: dict[str, Any]) -> str:
         eff = analysis["effects"][metric]
         for c, ax in enumerate(axes, start=1):
             e = eff[eff["axis"] == ax]
-            labels = [_short(v) for v in e["value"]]
+            labels = [short_value(v) for v in e["value"]]
             m = e["mean"].to_numpy(float)
             fig.add_trace(go.Scatter(
                 x=labels, y=m, mode="markers+lines", name="mean, 95 % CI", showlegend=r == c == 1,
@@ -920,7 +920,7 @@ def _interactive_axes(analysis: dict[str, Any]) -> str:
                 hovertemplate=(f"{ax} %{{x}}<br>mean %{{y:.4g}} [%{{customdata[1]:.4g}}, %{{customdata[2]:.4g}}]"
                                "<br>n %{customdata[0]} (%{customdata[3]})<extra></extra>")), r, c)
             t = df[df[ax].isin(e["value"])]
-            fig.add_trace(go.Scatter(x=[_short(v) for v in t[ax]], y=t[metric], mode="markers",
+            fig.add_trace(go.Scatter(x=[short_value(v) for v in t[ax]], y=t[metric], mode="markers",
                                      name="every trial at that value (other axes vary)",
                                      showlegend=r == c == 1, marker=dict(size=5, color="rgba(90,90,90,0.45)"),
                                      text=_hover(t), hovertemplate="%{text}<extra></extra>"), r, c)
