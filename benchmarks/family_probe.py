@@ -202,8 +202,8 @@ def _md(res: dict, meta: dict) -> str:
         + (f" ({', '.join(above)})" if above else "") + "; by position, "
         f"{sum(f['noiseless_r'][by_pos] >= f['noiseless_r']['trained largest'] for f in fams)} of {len(fams)}.",
         "- Every model's features are pooled over the screen, n_embd numbers per step: a random (untrained) or "
-        "learned map of that histogram. Where the codes alone read a family better than any model, the readout "
-        "is the bottleneck, not what the model learned: training can only recover part of what its input holds.",
+        "learned map of that histogram. Where the codes alone read a family better than any model, what the "
+        "parcels need is already in the model's input: training can only recover part of it, not add to it.",
         f"- With noise, on the demo's parcels: the codes pooled score brain_r_mean "
         f"**{res['models'][pooled]['brain_r_mean']:.3f}** and by position **{res['models'][by_pos]['brain_r_mean']:.3f}**, "
         f"against {res['models']['untrained reference']['brain_r_mean']:.3f} untrained and "
