@@ -212,9 +212,9 @@ def test_each_size_scores_the_best_weights_on_its_own_path(trial_config, tmp_pat
 
 
 def test_run_clip_features_puts_each_clip_on_the_tr_grid(tiny_dataset):
-    """The code histogram of a run, through the same path as a model's features: every volume
-    with gameplay holds shares of codes that sum to 1, volumes without any are 0, and a model's
-    features come through the same function."""
+    """The code histogram of a run, through the path a model's features take (``run_features``
+    calls it): every volume with gameplay holds shares of codes that sum to 1, and the volumes
+    before the first play are 0."""
     ds = load_dataset(tiny_dataset.root)
     t, h, w = ds.latent_shape
     n_codes = int(ds.manifest["tokenizer"]["n_codes"])
