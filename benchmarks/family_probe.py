@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from brainray import encoding, simbrain, trial  # noqa: E402
 from brainray.config import load_spec  # noqa: E402
@@ -81,17 +80,9 @@ def _features(config: dict, ds) -> tuple[np.ndarray, dict]:
 
 
 def _code_histogram(ds, by_position: bool) -> list[np.ndarray]:
-    """The clips' VQ codes themselves, no model: per latent time step, the share of each code over
-    the screen (``by_position=False``, n_codes columns) or the one-hot code of every latent
-    position (n_codes x positions). A pooled model's features are a learned or random map of
-    the first: what a linear read-out of it gets, a model need not learn."""
-    t, h, w = ds.latent_shape
-    n_codes = int(ds.manifest["tokenizer"]["n_codes"])
-
-    def codes(seq: torch.Tensor) -> torch.Tensor:  # (B, 2T) -> (B, t, C)
-        onehot = torch.nn.functional.one_hot(seq[:, t * h * w :], n_codes).float().reshape(len(seq), t, h * w, n_codes)
-        return onehot.reshape(len(seq), t, -1) if by_position else onehot.mean(dim=2)
-
+    """The clips' VQ codes themselves, no model (``trial.code_shares``: the ``codes`` control's
+    features, or by position), per stimulus run, without the codes never used."""
+    codes = trial.code_shares(ds, by_position)
     runs = [trial.run_clip_features(ds, k, codes) for k in range(len(ds.manifest["runs"]))]
     used = np.concatenate(runs).std(axis=0) > 0  # codes never used carry nothing
     return [x[:, used].astype(np.float32) for x in runs]

@@ -49,8 +49,9 @@ AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 #: dataset of an older brainray is not reused (2: game-state parcel families, VQ-VAE mean frame;
 #: 3: the streaming prepare, training frames regenerated from their bk2; 4: the mixed family).
 DATA_VERSION = 4
-#: Control trials: "untrained" scores the reference model with its initial weights.
-CONTROLS = ("untrained",)
+#: Control trials: "untrained" scores the reference model with its initial weights; "codes"
+#: scores the VQ codes themselves (their share of the screen per step), with no model.
+CONTROLS = ("untrained", "codes")
 DTYPES = ("fp32", "fp16", "bf16")
 DATA_SOURCES = ("simulated", "cneuromod")
 DATA_SCHEDULES = ("scratch", "reuse")
@@ -313,10 +314,12 @@ class AxesSpec:
     not divide (the paper's widths 6, 15, 30, ... with its 4 heads): trials at that width
     outside the heads line use it, and log it in ``n_head``.
 
-    ``controls`` adds control trials at the reference, one per seed, and one per other width:
-    ``"untrained"`` scores the model with its initial weights (same features, same ridge), so
-    that the report can say what training adds. Their rows have ``control = "untrained"``
-    and are left out of every fit, frontier and allocation.
+    ``controls`` adds control trials, left out of every fit, frontier and allocation; their
+    rows have ``control`` set. ``"untrained"``, at the reference, one per seed, and one per
+    other width: the model with its initial weights (same features, same ridge), so that the
+    report can say what training adds. ``"codes"``, one row: the VQ codes themselves through
+    the same ridge, no model (``n_embd``, ``n_layer``, ``n_head`` are 0), so that it can say
+    what a model adds to its input.
     """
 
     design: str = "lines"
@@ -333,7 +336,7 @@ class AxesSpec:
     dtype: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
     seed: list[int] = field(default_factory=lambda: [0])
     heads_for_width: dict[int, int] = field(default_factory=dict)
-    controls: list[str] = field(default_factory=lambda: ["untrained"])
+    controls: list[str] = field(default_factory=lambda: ["untrained", "codes"])
 
     _RULES: ClassVar[dict[str, _Rule]] = {  # what each value of an axis must be
         **{a: _int(1) for a in ("data_frames", "n_embd", "n_layer", "n_head")},
@@ -400,13 +403,17 @@ class AxesSpec:
         return out
 
     def control_trials(self) -> list[dict[str, Any]]:
-        """The control configs, per control: the reference (with its width's heads) at each seed,
-        then every other width of the ``n_embd`` axis at the reference seed (how much training
-        adds depends on the width: a narrow model's random features lose more)."""
+        """The control configs, per control. ``untrained``: the reference (with its width's heads)
+        at each seed, then every other width of the ``n_embd`` axis at the reference seed (how
+        much training adds depends on the width: a narrow model's random features lose more).
+        ``codes``: one config, with no model (its ridge has no seed to vary)."""
         ref = dict(self.reference)
         ref["n_head"] = self.heads_for_width.get(ref["n_embd"], ref["n_head"])
         out = []
         for c in self.controls:
+            if c == "codes":
+                out.append({**ref, "n_embd": 0, "n_layer": 0, "n_head": 0, "control": c})
+                continue
             out += [{**ref, "seed": s, "control": c} for s in dict.fromkeys(self.seed)]
             for w in dict.fromkeys(self.n_embd):
                 heads = self.heads_for_width.get(w, ref["n_head"])

@@ -1274,14 +1274,19 @@ def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
     -------
     DataFrame, one row per score (``brain_r_mean`` first, then each family), with columns
     ``score, untrained, untrained_sd, trained, seed_sd, n_seeds, gain, gain_ci_lo,
-    gain_ci_hi, best, best_trial, best_gain, margin, separates``: ``gain`` is trained minus
-    untrained at the reference (95 % Welch interval over seeds), ``best_gain`` the best
-    trained trial minus the untrained mean, ``margin`` = max(5 seed s.d., 0.05), and
-    ``separates`` says whether ``best_gain`` exceeds it. Empty without control rows.
+    gain_ci_hi, best, best_trial, best_gain, margin, separates, codes, best_over_codes``:
+    ``gain`` is trained minus untrained at the reference (95 % Welch interval over seeds),
+    ``best_gain`` the best trained trial minus the untrained mean, ``margin`` = max(5 seed
+    s.d., 0.05), and ``separates`` says whether ``best_gain`` exceeds it. ``codes`` is the
+    ``codes`` control's score (the VQ codes alone, no model; NaN without one) and
+    ``best_over_codes`` the best trained trial minus it: what a model adds to its input.
+    Empty without untrained control rows.
     """
     cols = ["score", "untrained", "untrained_sd", "trained", "seed_sd", "n_seeds", "gain",
-            "gain_ci_lo", "gain_ci_hi", "best", "best_trial", "best_gain", "margin", "separates"]
-    controls = control_rows(trials_df)
+            "gain_ci_lo", "gain_ci_hi", "best", "best_trial", "best_gain", "margin", "separates",
+            "codes", "best_over_codes"]
+    controls = control_rows(trials_df, "untrained")
+    codes = control_rows(trials_df, "codes")
     usable, _ = _split_usable(trials_df)
     if controls.empty or usable.empty:
         return pd.DataFrame(columns=cols)
@@ -1303,11 +1308,13 @@ def training_effect(trials_df: pd.DataFrame) -> pd.DataFrame:
         best_i = usable[score].idxmax()
         best = float(usable.loc[best_i, score])
         margin = max(5 * sd, 0.05) if math.isfinite(sd) else 0.05
+        code = float(codes[score].mean()) if score in codes and codes[score].notna().any() else math.nan
         rows.append(dict(
             score=score, untrained=float(c.mean()), untrained_sd=float(np.std(c, ddof=1)) if len(c) >= 2 else math.nan,
             trained=float(t.mean()) if len(t) else math.nan, seed_sd=sd, n_seeds=len(t), gain=gain,
             gain_ci_lo=lo, gain_ci_hi=hi, best=best, best_trial=str(usable.loc[best_i, "trial_id"]),
             best_gain=best - float(c.mean()), margin=margin, separates=bool(best - c.mean() > margin),
+            codes=code, best_over_codes=best - code,
         ))
     return pd.DataFrame(rows, columns=cols)
 
@@ -1328,7 +1335,7 @@ def training_by_width(trials_df: pd.DataFrame, score: str = "brain_r_mean") -> p
     """Trained minus untrained per width: each untrained control config against the trained trials
     of the same config (every seed of each). Columns ``n_embd, untrained, trained, gain, n_trained``."""
     cols = ["n_embd", "untrained", "trained", "gain", "n_trained"]
-    controls = control_rows(trials_df)
+    controls = control_rows(trials_df, "untrained")
     usable, _ = _split_usable(trials_df)
     if controls.empty or usable.empty or score not in controls:
         return pd.DataFrame(columns=cols)
@@ -1696,6 +1703,13 @@ def findings(analysis: dict[str, Any]) -> list[dict[str, Any]]:
             say("training", f"Its largest gain is in the {top['score'].removeprefix('brain_r_')} parcels: "
                             f"{_with_ci(top['gain'], top['gain_ci_lo'], top['gain_ci_hi'], ' r')}.",
                 top["gain"], top["gain_ci_lo"], top["gain_ci_hi"])
+        if math.isfinite(e["codes"]):
+            over = e["best_over_codes"]
+            verdict = ("so no model here beats its own input" if over <= 0 else
+                       "within the untrained margin: models add little to their input" if over <= e["margin"] else
+                       "beyond the margin: the models add to their input")
+            say("codes", f"The VQ codes alone, with no model, score {e['codes']:.3f}; the best trained trial "
+                         f"{e['best']:.3f} ({_pm(over)} r), {verdict}.", over)
     else:
         say("training", "No untrained control, so what training adds is not measured (axes.controls: [untrained]).")
 
@@ -1784,9 +1798,13 @@ def is_control(df: pd.DataFrame) -> pd.Series:
     return df["control"].map(lambda c: isinstance(c, str) and bool(c))
 
 
-def control_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The finished control trials (``control`` non-empty, TERMINATED) of a trial table."""
-    return df[is_control(df) & (df["status"] == "TERMINATED")].reset_index(drop=True)
+def control_rows(df: pd.DataFrame, kind: str | None = None) -> pd.DataFrame:
+    """The finished control trials (``control`` non-empty, TERMINATED) of a trial table; with
+    ``kind`` only those of that control (``"untrained"``, ``"codes"``)."""
+    rows = is_control(df) & (df["status"] == "TERMINATED")
+    if kind is not None and "control" in df.columns:
+        rows &= df["control"] == kind
+    return df[rows].reset_index(drop=True)
 
 
 def extrapolation_checks(trials: pd.DataFrame) -> pd.DataFrame:

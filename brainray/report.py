@@ -290,7 +290,8 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
     if df.empty or not families:
         return "no per-family scores (a simulated brain logs brain_r_<family>)"
     effect = analysis.get("training_effect")
-    control = {} if effect is None or effect.empty else effect.set_index("score")[["untrained", "untrained_sd"]].T.to_dict()
+    control = ({} if effect is None or effect.empty else
+               effect.set_index("score")[["untrained", "untrained_sd", "codes"]].T.to_dict())
     ncols = min(4, len(families))
     nrows = -(-len(families) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.0 * nrows), squeeze=False,
@@ -310,6 +311,8 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
             ax.axhline(mean, color="0.3", ls="--", lw=1, label="untrained control (reference)")
             if np.isfinite(sd):
                 ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15, lw=0)
+            if np.isfinite(control[col]["codes"]):  # the codes control: the model's input, read by the same ridge
+                ax.axhline(control[col]["codes"], color="tab:red", ls=":", lw=1.2, label="VQ codes alone (no model)")
         _log_axis(ax)
         ax.set_title(fam, fontsize=10)
         ax.set_xlabel("training FLOPs", fontsize=8)
@@ -335,7 +338,9 @@ def _training_section(effect: pd.DataFrame, by_width: pd.DataFrame | None, out: 
         gain_ci=[f"[{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "" for lo, hi in
                  zip(effect["gain_ci_lo"].astype(float), effect["gain_ci_hi"].astype(float))],
     )[["score", "untrained", "trained", "gain", "gain_ci", "seed_sd", "n_seeds", "best", "best_gain", "margin",
-       "separates"]]
+       "separates", "codes", "best_over_codes"]]
+    if shown["codes"].isna().all():  # no codes control in this sweep
+        shown = shown.drop(columns=["codes", "best_over_codes"])
     return (
         "<h2>What training adds</h2>"
         "<p class='note'><b>untrained</b>: the reference model scored with its initial weights (same "
@@ -343,7 +348,10 @@ def _training_section(effect: pd.DataFrame, by_width: pd.DataFrame | None, out: 
         "same seeds; <b>gain</b> is their difference with a 95 % Welch interval, and <b>seed_sd</b> the "
         "s.d. of the trained reference over seeds. <b>best_gain</b>: the best trained trial of the "
         "sweep minus the untrained mean; it <b>separates</b> when it exceeds <b>margin</b> = "
-        "max(5 seed s.d., 0.05). Controls are left out of every fit, frontier and allocation.</p>"
+        "max(5 seed s.d., 0.05). <b>codes</b>: the VQ codes themselves (each code's share of the "
+        "screen per step) through the same ridge, with no model; <b>best_over_codes</b> is what the "
+        "best trained model adds to its own input. Controls are left out of every fit, frontier and "
+        "allocation.</p>"
         + _table(shown)
         + ("" if by_width is None or by_width.empty else
            "<h3>By width</h3><p class='note'>brain_r_mean of each untrained width against the same "

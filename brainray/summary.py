@@ -123,7 +123,7 @@ def best_per_budget(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _training_lines(trials: pd.DataFrame) -> list[str]:
-    """One line on what training adds to brain_r_mean, against the untrained control and seed noise."""
+    """One line on what training adds to brain_r_mean, against the controls and seed noise."""
     from brainray.frontier import training_effect
 
     effect = training_effect(trials)
@@ -131,9 +131,10 @@ def _training_lines(trials: pd.DataFrame) -> list[str]:
         return []
     e = effect.iloc[0]  # brain_r_mean
     sd = f", seed s.d. {e['seed_sd']:.4f}" if np.isfinite(e["seed_sd"]) else ""
+    codes = f", VQ codes alone (no model) {e['codes']:.3f}" if np.isfinite(e["codes"]) else ""
     return ["", f"What training adds (brain r mean): untrained control {e['untrained']:.3f}, trained reference "
-                f"{e['trained']:.3f} ({e['gain']:+.3f}{sd}), best trained {e['best']:.3f} ({e['best_gain']:+.3f}); "
-                "per family in the report"]
+                f"{e['trained']:.3f} ({e['gain']:+.3f}{sd}), best trained {e['best']:.3f} ({e['best_gain']:+.3f})"
+                f"{codes}; per family in the report"]
 
 
 def run_frontier(root: str | Path, bootstrap: int = 200, log: Callable[[str], None] = print) -> str:

@@ -47,7 +47,7 @@ from brainray.devices import pick_device, use_tf32
 from brainray.dataset import FPS, Dataset, load_dataset
 from brainray.video import budget_prefix
 
-__all__ = ["run", "score_brain", "score_features", "run_features", "run_clip_features", "n_pairs", "CHECKPOINT", "PARCEL_R"]
+__all__ = ["run", "score_brain", "score_features", "run_features", "run_clip_features", "code_shares", "n_pairs", "CHECKPOINT", "PARCEL_R"]
 
 CHECKPOINT = "checkpoint.pt"
 PARCEL_R = "_parcel_r"  # key of the per-subject per-parcel r in score_brain's scores (and a trial's final report)
@@ -110,19 +110,63 @@ def run(config: dict[str, Any], report: Report, checkpoint_dir: str | None = Non
 
 
 def _run_control(config: dict[str, Any], tr: TrainSpec, report: Report) -> dict[str, Any]:
-    """A control trial: the model as built (seeded initial weights), scored without training.
+    """A control trial, scored without training (``config.CONTROLS``).
 
-    ``control="untrained"`` answers what training adds: the same architecture, features and
-    ridge, with no optimiser step. It costs no training FLOPs; its val loss is the initial one.
+    ``control="untrained"`` answers what training adds: the model as built (seeded initial
+    weights), with the same features and ridge and no optimiser step; its val loss is the
+    initial one. ``control="codes"`` answers what a model adds to its input: the clip's own VQ
+    codes (:func:`code_shares`) through the same TR grid, delays and ridge, with no model at
+    all (no val loss). Neither costs training FLOPs.
     """
+    if config["control"] == "codes":
+        return _report(report, _codes_control(config, tr))
     if config["control"] != "untrained":
-        raise ValueError(f"unknown control {config['control']!r}; brainray knows 'untrained'.")
+        raise ValueError(f"unknown control {config['control']!r}; brainray knows 'untrained' and 'codes'.")
     t = _Trainer(config, tr)
     t.evaluate()  # its path is its initial weights
     base = {**t.base, "data_frames": int(config["data_frames"]), "max_steps": 0, "train_pairs": 0}
     final = {**base, **t.finish(0), "data_schedule": "scratch", "control": "untrained"}
     final["incurred_flops"], final["incurred_gpu_hours"] = 0.0, final["gpu_hours"]
     return _report(report, final)
+
+
+def _codes_control(config: dict[str, Any], tr: TrainSpec) -> dict[str, Any]:
+    """The ``codes`` control's final metrics: the ridge on the code shares of every stimulus run."""
+    t0 = time.perf_counter()
+    ds = load_dataset(config["dataset"])
+    device = pick_device(tr.device)
+    shares = code_shares(ds)
+    scores = score_features({k: run_clip_features(ds, k, shares) for k in _stimulus_runs(ds)}, ds, tr, device)
+    encode_s = time.perf_counter() - t0
+    return {
+        **scores, "data_frames": int(config["data_frames"]), "seed": int(config["seed"]), "dtype": config["dtype"],
+        "params": 0, "params_nonembed": 0, "flops_per_token": 0.0, "step": 0, "epoch": 0, "tokens": 0,
+        "train_flops": 0.0, "incurred_flops": 0.0, "max_steps": 0, "train_pairs": 0, "val_loss": math.nan,
+        "vocab_size": int(ds.manifest["tokenizer"]["n_codes"]), "batch_size": tr.batch_size, "lr": tr.lr,
+        "lr_schedule": tr.lr_schedule, "epochs": tr.epochs, "device": str(device), "node": platform.node(),
+        "train_s": 0.0, "encode_s": encode_s, "wall_s": encode_s, "gpu_hours": encode_s / 3600.0,
+        "incurred_gpu_hours": encode_s / 3600.0, "peak_mem_bytes": _peak_mem(device), "data_schedule": "scratch",
+        "control": "codes", "done": True,
+    }
+
+
+def code_shares(ds: Dataset, by_position: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The clip's own VQ codes as features, with no model: a ``clip_features`` map for
+    :func:`run_clip_features`.
+
+    Per latent time step, the share of each code over the screen (``n_codes`` columns), or with
+    ``by_position`` the one-hot code of every latent position (``n_codes`` x positions). A pooled
+    model's features are a learned (or random) map of the shares: what a ridge on them reads,
+    a model has not added to its input.
+    """
+    t, h, w = ds.latent_shape
+    n_codes = int(ds.manifest["tokenizer"]["n_codes"])
+
+    def shares(seq: torch.Tensor) -> torch.Tensor:  # (B, 2T) context + clip -> (B, t, C)
+        onehot = torch.nn.functional.one_hot(seq[:, t * h * w :], n_codes).float().reshape(len(seq), t, h * w, n_codes)
+        return onehot.reshape(len(seq), t, -1) if by_position else onehot.mean(dim=2)
+
+    return shares
 
 
 class _Plan:
@@ -506,9 +550,13 @@ def score_brain(model, ds: Dataset, layer: int, tr: TrainSpec, device: torch.dev
         ``_parcel_r`` (private: not a trial-log column) maps each subject to its held-out r
         per parcel, array of shape (n_parcels,), for ``brainray.parcels.parcel_table``.
     """
-    runs_used = sorted({k for subject in ds.subjects for k in ds.run_indices(subject)})
-    features = {k: run_features(model, ds, k, layer, device) for k in runs_used}  # shared runs once
+    features = {k: run_features(model, ds, k, layer, device) for k in _stimulus_runs(ds)}  # shared runs once
     return score_features(features, ds, tr, device)
+
+
+def _stimulus_runs(ds: Dataset) -> list[int]:
+    """The run indices that some subject is scored on, each once."""
+    return sorted({k for subject in ds.subjects for k in ds.run_indices(subject)})
 
 
 def score_features(features: dict[int, np.ndarray], ds: Dataset, tr: TrainSpec, device: torch.device | str) -> dict[str, Any]:

@@ -328,19 +328,25 @@ def test_controls_at_the_reference_per_seed_and_per_width():
     spec = load_spec("demo")
     controls = spec.axes.control_trials()
     ref = {k: v for k, v in spec.axes.reference.items() if k != "seed"}
-    at_ref = [c for c in controls if c["n_embd"] == ref["n_embd"]]
+    untrained = [c for c in controls if c["control"] == "untrained"]
+    at_ref = [c for c in untrained if c["n_embd"] == ref["n_embd"]]
     assert [c["seed"] for c in at_ref] == spec.axes.seed == [0, 1, 2]
-    assert {c["n_embd"] for c in controls} == set(spec.axes.n_embd)
-    assert all(c["control"] == "untrained" and c["data_frames"] == ref["data_frames"] for c in controls)
+    assert {c["n_embd"] for c in untrained} == set(spec.axes.n_embd)
+    assert all(c["data_frames"] == ref["data_frames"] for c in controls)
+    codes = [c for c in controls if c["control"] == "codes"]  # one, with no model
+    assert codes == [{**spec.axes.reference, "n_embd": 0, "n_layer": 0, "n_head": 0, "control": "codes"}]
+    assert len(controls) == len(untrained) + 1
     assert spec.runs()[-len(controls):] == controls  # they run after the trained trials
     assert load_spec("demo", {"axes": {"controls": []}}).axes.control_trials() == []
     with pytest.raises(SpecError, match="'axes.controls' must be a list of"):
         load_spec("demo", {"axes": {"controls": ["shuffled"]}})
+    assert all(c["control"] == "codes" for c in load_spec("demo", {"axes": {"controls": ["codes"]}}).axes.control_trials())
 
 
 def test_dry_run_prices_controls_at_zero():
     from brainray.summary import dry_run_table
 
     text = dry_run_table(load_spec("smoke"))
-    control_lines = [line for line in text.splitlines() if line.rstrip().endswith("untrained")]
-    assert control_lines and all(" 0 " in line for line in control_lines)
+    control_lines = [line for line in text.splitlines() if line.rstrip().endswith(("untrained", "codes"))]
+    assert len(control_lines) == len(load_spec("smoke").axes.control_trials())
+    assert all(" 0 " in line for line in control_lines)

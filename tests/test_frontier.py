@@ -483,6 +483,19 @@ def test_training_effect_against_controls_and_seed_noise(trials):
     assert set(result["left_out"]["trial_id"]) >= {f"ctrl-{s}" for s in range(4)}
     assert training_by_width(df, "brain_r_object")["gain"].iloc[0] == pytest.approx(obj["gain"])
     assert training_effect(trials).empty  # no controls: nothing to say
+    assert effect["codes"].isna().all()  # no codes control: nothing to say of it
+    # the codes control (the VQ codes alone, no model) is compared with the best trial, never averaged
+    # into the untrained controls, and never fitted
+    codes = ctrl.iloc[:1].assign(trial_id="codes", control="codes", n_embd=0, n_layer=0, n_head=0, val_loss=np.nan,
+                                 brain_r_object=0.65, brain_r_visual=0.45)
+    with_codes = pd.concat([df, codes], ignore_index=True)
+    both = training_effect(with_codes).set_index("score")
+    pd.testing.assert_frame_equal(both.drop(columns=["codes", "best_over_codes"]),
+                                  effect.drop(columns=["codes", "best_over_codes"]))
+    assert both.loc["brain_r_object", "codes"] == 0.65 and both.loc["brain_r_visual", "codes"] == 0.45
+    assert both.loc["brain_r_object", "best_over_codes"] == pytest.approx(obj["best"] - 0.65)
+    assert training_by_width(with_codes, "brain_r_object").equals(training_by_width(df, "brain_r_object"))
+    assert "codes" in set(analyze(with_codes, strict=False)["left_out"]["trial_id"])
 
 
 def test_a_law_at_a_bound_is_not_identified():
@@ -675,6 +688,16 @@ def test_findings_state_numbers_cis_and_noise():
     assert text["data vs width"].startswith("Over the ranges swept, data moves the brain score")
     assert "fp16 runs at 1.1" in text["dtype"] and "within seed noise" in text["dtype"]
     assert text["backtest"].startswith("Backtest: fitted without the largest budget")
+    assert "codes" not in text  # no codes control in this sweep
+    controls = _with_controls(df, gain=0.05)
+    ref = controls[controls["control"] == "untrained"].iloc[:1]
+    best = df["brain_r_mean"].max()
+    for codes, verdict in [(best + 0.01, "no model here beats its own input"),
+                           (best - 0.01, "within the untrained margin"), (best - 0.2, "beyond the margin")]:
+        row = ref.assign(control="codes", trial_id="codes", n_embd=0, n_layer=0, n_head=0, brain_r_mean=codes)
+        said = {f["topic"]: f for f in analyze(pd.concat([controls, row]), bootstrap=0)["findings"]}["codes"]
+        assert said["text"].startswith(f"The VQ codes alone, with no model, score {codes:.3f}")
+        assert verdict in said["text"] and said["value"] == pytest.approx(best - codes)
     no_seeds = {f["topic"]: f["text"] for f in analyze(df[df["seed"] == 0], bootstrap=0)["findings"]}
     assert "noise of every effect below is unknown" in no_seeds["seed noise"]
     assert "noise unknown" in no_seeds["axis n_embd"]

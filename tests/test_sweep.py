@@ -35,7 +35,7 @@ def test_dry_run_prints_the_trial_table():
     assert len(spec.axes.trials()) == 19  # the paper's grid, plus an untrained control at the reference and per width
     assert f"{len(spec.runs())} trials" in out.stdout and "GPU-hours" in out.stdout
     assert "Prepare (once per dataset" in out.stdout and "VQ-VAE: 150000 steps" in out.stdout  # the data is priced too
-    assert out.stdout.count("untrained") == len(spec.axes.control_trials())
+    assert out.stdout.count("untrained") == len(spec.axes.control_trials()) - 1  # and the one "codes" control
 
 
 @pytest.mark.slow
@@ -49,18 +49,22 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert (trials["status"] == "TERMINATED").all(), trials[["trial_id", "status", "error"]]
     for axis in ("data_frames", "n_embd", "n_layer", "n_head", "dtype"):
         assert trials[axis].nunique() > 1
-    assert trials["val_loss"].notna().all() and trials["brain_r_mean"].notna().all()
+    assert trials["brain_r_mean"].notna().all()
+    assert trials["val_loss"].isna().eq(trials["control"] == "codes").all()  # the codes control has no model
     assert (trials["brain_r_mean"] < trials["ceiling_mean"]).all()
     assert (trials["train_flops"] == trials["flops_per_token"] * trials["tokens"]).all()
-    # the untrained control: one per seed, at the reference, never fitted; every row has family scores
-    controls = trials[trials["control"] == "untrained"]
-    assert len(controls) == len(load_spec("smoke").axes.control_trials()) and (controls["train_flops"] == 0).all()
-    assert (trials.loc[trials["control"] != "untrained", "control"] == "").all()
+    # the controls (untrained: per seed at the reference and per width; codes: one, no model), never
+    # fitted; every row has family scores
+    controls = trials[trials["control"] != ""]
+    assert sorted(controls["control"]) == sorted(c["control"] for c in load_spec("smoke").axes.control_trials())
+    assert (controls["train_flops"] == 0).all()
+    assert (controls.loc[controls["control"] == "codes", ["n_embd", "params"]] == 0).all(axis=None)
     for family in ("visual", "object", "relation", "anticipation", "none"):
         assert trials[f"brain_r_{family}"].notna().all(), family
     fits = json.loads((root / "frontier" / "fits.json").read_text())
     assert {r["trial_id"] for r in fits["left_out"]} == set(controls["trial_id"])
     assert fits["training_effect"] and fits["training_effect"][0]["score"] == "brain_r_mean"
+    assert fits["training_effect"][0]["codes"] == trials.set_index("control").loc["codes", "brain_r_mean"]
     curves = triallog.read_curves(str(root))
     assert set(curves["trial_id"]) == set(trials["trial_id"])
     for name in ("fits.json", "report.html"):

@@ -175,6 +175,25 @@ def test_untrained_control_scores_the_initial_weights(trial_config, tmp_path):
     assert again["brain_r_mean"] == final["brain_r_mean"]  # the seed fixes the initial weights
 
 
+def test_codes_control_reads_the_codes_alone_through_the_same_ridge(trial_config, tmp_path):
+    """The ``codes`` control has no model: no parameters, no FLOPs, no val loss. Its score is the
+    ridge on the code shares (the path a model's features take), a calibrated read-out: game-state
+    parcels well above 0 and below their ceiling, noise parcels about 0."""
+    from brainray.config import TrainSpec
+
+    rec = Recorder(tmp_path)
+    final = trial.run({**trial_config, "n_embd": 0, "n_layer": 0, "n_head": 0, "control": "codes"}, rec)
+    assert final["control"] == "codes" and final["params"] == 0 and final["train_flops"] == 0
+    assert final["step"] == 0 and math.isnan(final["val_loss"]) and not rec.checkpoints
+    ds = load_dataset(trial_config["dataset"])
+    features = {k: trial.run_clip_features(ds, k, trial.code_shares(ds)) for k in range(len(ds.manifest["runs"]))}
+    scores = trial.score_features(features, ds, TrainSpec(**trial_config["train"]), "cpu")
+    assert final["brain_r_mean"] == pytest.approx(scores["brain_r_mean"], abs=1e-6)
+    assert abs(final["brain_r_none"]) < 0.1
+    for kind in ("object", "relation"):
+        assert 0.2 < final[f"brain_r_{kind}"] and 0 < final[f"ceiling_frac_{kind}"] <= 1, kind
+
+
 def test_unknown_control_is_refused(trial_config, tmp_path):
     with pytest.raises(ValueError, match="unknown control 'shuffled'"):
         trial.run({**trial_config, "control": "shuffled"}, Recorder(tmp_path))
@@ -212,24 +231,24 @@ def test_each_size_scores_the_best_weights_on_its_own_path(trial_config, tmp_pat
 
 
 def test_run_clip_features_puts_each_clip_on_the_tr_grid(tiny_dataset):
-    """The code histogram of a run, through the path a model's features take (``run_features``
-    calls it): every volume with gameplay holds shares of codes that sum to 1, and the volumes
-    before the first play are 0."""
+    """The code shares of a run (the ``codes`` control's features), through the path a model's
+    features take (``run_features`` calls it): every volume with gameplay holds shares of codes
+    that sum to 1, by position one per latent position, and the volumes before the first play
+    are 0."""
     ds = load_dataset(tiny_dataset.root)
     t, h, w = ds.latent_shape
     n_codes = int(ds.manifest["tokenizer"]["n_codes"])
-
-    def shares(seq):
-        onehot = torch.nn.functional.one_hot(seq[:, t * h * w :], n_codes).float()
-        return onehot.reshape(len(seq), t, h * w, n_codes).mean(dim=2)
-
     run = ds.manifest["runs"][0]
-    X = trial.run_clip_features(ds, 0, shares)
+    X = trial.run_clip_features(ds, 0, trial.code_shares(ds))
     assert X.shape == (run["n_vols"], n_codes)
     total = X.sum(axis=1)
     played = total > 0
     assert played.mean() > 0.5
     np.testing.assert_allclose(total[played], 1.0, rtol=1e-5)
+    by_position = trial.run_clip_features(ds, 0, trial.code_shares(ds, by_position=True))
+    assert by_position.shape == (run["n_vols"], n_codes * h * w)
+    np.testing.assert_allclose(by_position[played].sum(axis=1), h * w, rtol=1e-5)
+    np.testing.assert_allclose(by_position.reshape(len(X), h * w, n_codes).mean(axis=1), X, atol=1e-6)
     tr = float(ds.manifest["tr"])
     first = min(seg["onset"] for seg in run["segments"])
     assert not played[: int(first // tr)].any()  # nothing before the first play starts
