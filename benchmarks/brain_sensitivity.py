@@ -6,12 +6,13 @@ machine) and then reads the trial log, the dataset manifest and the frontier fit
 - the tokenizer keeps the game: held-out PSNR against the mean-frame baseline (and on the
   sprites only), perplexity, dead codes;
 - training matters: the best trained ``brain_r_mean`` against the untrained controls, by at
-  least max(5 seed s.d., 0.05); per family, trained minus untrained at the reference;
+  least max(5 seed s.d., 0.05); per family, trained minus untrained at the reference, and
+  the best trained trial against the ``codes`` control (the VQ codes alone, no model);
 - the score follows the model: Spearman rho(val_loss, brain_r_mean) over the trained trials;
 - the frontier rises: the best score in the top quartile of training FLOPs against the best
   in the bottom quartile, and whether the brain law is identified (no parameter at a bound).
 
-    python benchmarks/brain_sensitivity.py                    # ~6 min on 2 idle cores
+    python benchmarks/brain_sensitivity.py                    # ~10 min on 2 idle cores
     python benchmarks/brain_sensitivity.py --reuse            # measure the sweep it ran last time again
     python benchmarks/brain_sensitivity.py --preset my.yaml   # another spec (its name names the folder)
 
@@ -116,7 +117,9 @@ def measure(root: Path) -> dict:
     fits = json.loads((root / "frontier" / "fits.json").read_text())
     law = fits["fits"].get("brain_r_mean") or {}
     return {
-        "n_trained": len(trained), "n_controls": int(len(frontier.control_rows(trials))),
+        "n_trained": len(trained), "n_controls": int(len(frontier.control_rows(trials, "untrained"))),
+        "n_codes_controls": int(len(frontier.control_rows(trials, "codes"))),
+        "beats_its_input": {"best": mean["best"], "codes": mean["codes"], "gain": mean["best_over_codes"]},
         "training_matters": {
             "best": mean["best"], "best_trial": mean["best_trial"], "untrained": mean["untrained"],
             "gain": mean["best_gain"], "seed_sd": mean["seed_sd"], "margin": mean["margin"],
@@ -143,7 +146,8 @@ def _md(res: dict) -> str:
     lines = [
         "# Brain sensitivity of the demo", "",
         f"`python benchmarks/brain_sensitivity.py`, {res['when']}, {res['machine']}. The demo preset from a fresh "
-        f"storage: {res['n_trained']} trained trials and {res['n_controls']} untrained controls"
+        f"storage: {res['n_trained']} trained trials, {res['n_controls']} untrained controls and "
+        f"{res['n_codes_controls']} codes control (the VQ codes alone, no model)"
         + (f", {res['wall_s'] / 60:.1f} min end to end (prepare included)." if res.get("wall_s") else "."), "",
         "| criterion | measured | passes |", "|---|---|---|",
         f"| tokenizer: PSNR >= mean-frame + 3 dB | {tk['psnr']:.1f} dB vs {tk['psnr_baseline']:.1f} dB "
@@ -158,18 +162,24 @@ def _md(res: dict) -> str:
         f" − {fr['best_bottom_quartile']:.3f} = {fr['gain']:+.3f} | {yes[fr['ok']]} |",
         f"| brain law identified (no parameter at a bound) | at bound: {law['at_bound'] or 'none'} | "
         f"{yes[law['identified']]} |", "",
+        f"Beside the criteria: the VQ codes alone (each code's share of the screen per step, through the same ridge, "
+        f"no model) score **{res['beats_its_input']['codes']:.3f}**, so the best trained model adds "
+        f"**{res['beats_its_input']['gain']:+.3f}** to its own input.", "",
         "## Per parcel family", "",
         "Untrained: the reference model with its initial weights, mean over seeds. Trained: the reference trained, "
-        "same seeds. Gain: trained − untrained (95 % Welch interval). Best: the best trained trial.", "",
-        "| score | untrained | trained | gain [95 % CI] | seed s.d. | best | best − untrained | separates |",
-        "|---|---|---|---|---|---|---|---|",
+        "same seeds. Gain: trained − untrained (95 % Welch interval). Best: the best trained trial. Codes: the "
+        "VQ codes alone, no model.", "",
+        "| score | untrained | trained | gain [95 % CI] | seed s.d. | best | best − untrained | separates | codes "
+        "| best − codes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in res["families"]:
         ci = f"[{f['gain_ci_lo']:+.3f}, {f['gain_ci_hi']:+.3f}]" if f["gain_ci_lo"] is not None and not (
             isinstance(f["gain_ci_lo"], float) and math.isnan(f["gain_ci_lo"])) else ""
         lines.append(
             f"| {f['score']} | {f['untrained']:.3f} | {f['trained']:.3f} | {f['gain']:+.3f} {ci} | {f['seed_sd']:.4f} "
-            f"| {f['best']:.3f} | {f['best_gain']:+.3f} | {yes[bool(f['separates'])]} |"
+            f"| {f['best']:.3f} | {f['best_gain']:+.3f} | {yes[bool(f['separates'])]} | {f['codes']:.3f} "
+            f"| {f['best_over_codes']:+.3f} |"
         )
     lines += ["", "## Why the gain is small: the game's state at the TR is mostly its pixels' slow statistics", "",
               "Leave-one-run-out R² of each game-state feature (HRF-convolved, on the TR grid of the stimulus runs) "

@@ -1705,9 +1705,10 @@ def findings(analysis: dict[str, Any]) -> list[dict[str, Any]]:
                 top["gain"], top["gain_ci_lo"], top["gain_ci_hi"])
         if math.isfinite(e["codes"]):
             over = e["best_over_codes"]
+            margin = f"the margin {e['margin']:.3f} (5 seed s.d., at least 0.05)"
             verdict = ("so no model here beats its own input" if over <= 0 else
-                       "within the untrained margin: models add little to their input" if over <= e["margin"] else
-                       "beyond the margin: the models add to their input")
+                       f"below {margin}: the models add little to their input" if over <= e["margin"] else
+                       f"beyond {margin}: the models add to their input")
             say("codes", f"The VQ codes alone, with no model, score {e['codes']:.3f}; the best trained trial "
                          f"{e['best']:.3f} ({_pm(over)} r), {verdict}.", over)
     else:

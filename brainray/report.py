@@ -312,7 +312,7 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
             if np.isfinite(sd):
                 ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15, lw=0)
             if np.isfinite(control[col]["codes"]):  # the codes control: the model's input, read by the same ridge
-                ax.axhline(control[col]["codes"], color="tab:red", ls=":", lw=1.2, label="VQ codes alone (no model)")
+                ax.axhline(control[col]["codes"], color="black", ls=":", lw=1.4, label="VQ codes alone (no model)")
         _log_axis(ax)
         ax.set_title(fam, fontsize=10)
         ax.set_xlabel("training FLOPs", fontsize=8)

@@ -693,7 +693,7 @@ def test_findings_state_numbers_cis_and_noise():
     ref = controls[controls["control"] == "untrained"].iloc[:1]
     best = df["brain_r_mean"].max()
     for codes, verdict in [(best + 0.01, "no model here beats its own input"),
-                           (best - 0.01, "within the untrained margin"), (best - 0.2, "beyond the margin")]:
+                           (best - 0.01, "below the margin 0.050"), (best - 0.2, "beyond the margin 0.050")]:
         row = ref.assign(control="codes", trial_id="codes", n_embd=0, n_layer=0, n_head=0, brain_r_mean=codes)
         said = {f["topic"]: f for f in analyze(pd.concat([controls, row]), bootstrap=0)["findings"]}["codes"]
         assert said["text"].startswith(f"The VQ codes alone, with no model, score {codes:.3f}")
