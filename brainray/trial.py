@@ -134,6 +134,7 @@ def _codes_control(config: dict[str, Any], tr: TrainSpec) -> dict[str, Any]:
     """The ``codes`` control's final metrics: the ridge on the code shares of every stimulus run."""
     t0 = time.perf_counter()
     ds = load_dataset(config["dataset"])
+    torch.set_num_threads(max(1, int(tr.threads)))  # as a model's trial: its slot's CPUs only
     device = pick_device(tr.device)
     shares = code_shares(ds)
     scores = score_features({k: run_clip_features(ds, k, shares) for k in _stimulus_runs(ds)}, ds, tr, device)
