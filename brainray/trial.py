@@ -164,8 +164,11 @@ def code_shares(ds: Dataset, by_position: bool = False) -> Callable[[torch.Tenso
     n_codes = int(ds.manifest["tokenizer"]["n_codes"])
 
     def shares(seq: torch.Tensor) -> torch.Tensor:  # (B, 2T) context + clip -> (B, t, C)
-        onehot = torch.nn.functional.one_hot(seq[:, t * h * w :], n_codes).float().reshape(len(seq), t, h * w, n_codes)
-        return onehot.reshape(len(seq), t, -1) if by_position else onehot.mean(dim=2)
+        clip = seq[:, t * h * w :].reshape(len(seq), t, h * w)
+        if by_position:
+            return torch.nn.functional.one_hot(clip, n_codes).float().reshape(len(seq), t, -1)
+        counts = torch.zeros(len(seq), t, n_codes).scatter_add_(2, clip, torch.ones(clip.shape))
+        return counts / (h * w)  # a count per code, not a one-hot per position: small at the paper's 1024 codes
 
     return shares
 
