@@ -460,7 +460,8 @@ def _run_trials(
         metric_columns={"step": "step", "val_loss": "val loss", "brain_r_mean": "brain r", "eta_s": "ETA s"},
         parameter_columns={
             "trial/data_frames": "frames", "trial/n_embd": "width", "trial/n_layer": "layers",
-            "trial/n_head": "heads", "trial/dtype": "dtype",
+            "trial/n_head": "heads", "trial/dtype": "dtype", "trial/seed": "seed",
+            "trial/control": "control",  # untrained or codes; empty for a trained trial
         },
         max_report_frequency=30,
     )
