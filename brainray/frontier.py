@@ -1703,16 +1703,21 @@ def findings(analysis: dict[str, Any]) -> list[dict[str, Any]]:
             say("training", f"Its largest gain is in the {top['score'].removeprefix('brain_r_')} parcels: "
                             f"{_with_ci(top['gain'], top['gain_ci_lo'], top['gain_ci_hi'], ' r')}.",
                 top["gain"], top["gain_ci_lo"], top["gain_ci_hi"])
-        if math.isfinite(e["codes"]):
-            over = e["best_over_codes"]
-            margin = f"the margin {e['margin']:.3f} (5 seed s.d., at least 0.05)"
-            verdict = ("so no model here beats its own input" if over <= 0 else
-                       f"below {margin}: the models add little to their input" if over <= e["margin"] else
-                       f"beyond {margin}: the models add to their input")
-            say("codes", f"The VQ codes alone, with no model, score {e['codes']:.3f}; the best trained trial "
-                         f"{e['best']:.3f} ({_pm(over)} r), {verdict}.", over)
     else:
         say("training", "No untrained control, so what training adds is not measured (axes.controls: [untrained]).")
+    controls = analysis.get("controls")
+    codes = control_rows(controls, "codes") if controls is not None and len(controls) else pd.DataFrame()
+    if len(codes) and codes["brain_r_mean"].notna().any() and usable["brain_r_mean"].notna().any():
+        code, best = float(codes["brain_r_mean"].mean()), float(usable["brain_r_mean"].max())
+        over = best - code
+        margin = (effect.iloc[0]["margin"] if effect is not None and not effect.empty
+                  else max(5 * sd, 0.05) if dof else 0.05)  # training_effect's margin
+        said = f"the margin {margin:.3f} (5 seed s.d., at least 0.05)"
+        verdict = ("so no model here beats its own input" if over <= 0 else
+                   f"below {said}: the models add little to their input" if over <= margin else
+                   f"beyond {said}: the models add to their input")
+        say("codes", f"The VQ codes alone, with no model, score {code:.3f}; the best trained trial "
+                     f"{best:.3f} ({_pm(over)} r), {verdict}.", over)
 
     contrasts = {m: axis_contrasts(usable, m) for m in ("brain_r_mean", "val_loss")}
     loss = contrasts["val_loss"].set_index("axis") if len(contrasts["val_loss"]) else None

@@ -698,6 +698,8 @@ def test_findings_state_numbers_cis_and_noise():
         said = {f["topic"]: f for f in analyze(pd.concat([controls, row]), bootstrap=0)["findings"]}["codes"]
         assert said["text"].startswith(f"The VQ codes alone, with no model, score {codes:.3f}")
         assert verdict in said["text"] and said["value"] == pytest.approx(best - codes)
+    alone = {f["topic"]: f["text"] for f in analyze(pd.concat([df.assign(control=""), row]), bootstrap=0)["findings"]}
+    assert "No untrained control" in alone["training"] and "beyond the margin 0.050" in alone["codes"]  # codes alone
     no_seeds = {f["topic"]: f["text"] for f in analyze(df[df["seed"] == 0], bootstrap=0)["findings"]}
     assert "noise of every effect below is unknown" in no_seeds["seed noise"]
     assert "noise unknown" in no_seeds["axis n_embd"]
