@@ -543,30 +543,45 @@ def _visual_features(
 
 
 def _event_motor_features(
-    actions: np.ndarray, rewards: np.ndarray, state: np.ndarray | None = None, fps: float = 60.0
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    state: np.ndarray | None = None,
+    fps: float = 60.0,
+    in_game: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Event and button features, and the game-state features when ``state`` is given."""
+    """Event and button features, and the game-state features when ``state`` is given.
+
+    ``in_game`` marks the frames with a game on the screen (all of them by default): the
+    state-driven units rest on the blank screen between and after replays.
+    """
     feats = {"event": (np.asarray(rewards) > 0).astype(np.float32)}
     actions = np.asarray(actions).astype(np.float32)
     feats |= {f"button-{j}": actions[:, j] for j in range(actions.shape[1])}
     if state is None:
         return feats
     state = _check_state(state, len(actions))
-    ahead = gamestate.anticipation(state, rewards, fps)
+    game = np.ones(len(state), bool) if in_game is None else np.asarray(in_game, bool)
+    ahead = gamestate.anticipation(state, rewards, fps, game)
     feats |= {v: state[:, j] for j, v in enumerate(gamestate.OBJECT_VARIABLES)}
     feats |= {v: ahead[:, j] for j, v in enumerate(gamestate.ANTICIPATION_VARIABLES)}
-    return feats | _mixed_features(np.concatenate([state, ahead], axis=1))
+    return feats | _mixed_features(np.concatenate([state, ahead], axis=1), game)
 
 
-def _mixed_features(x: np.ndarray) -> dict[str, np.ndarray]:
-    """``mixed-k = max(0, w_k . z(t) / sqrt(3) - 0.5)``: z the stream's state variables standardized
-    over the stream, w_k ~ N(0, I) drawn once (:data:`_MIXED_SEED`)."""
-    x = np.asarray(x, np.float64)
-    sd = x.std(axis=0)
-    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    w = np.random.default_rng(_MIXED_SEED).standard_normal((x.shape[1], _MIXED_UNITS)) / math.sqrt(3)
-    units = np.maximum(z @ w - _MIXED_THRESHOLD, 0.0).astype(np.float32)
-    return {f"mixed-{k}": units[:, k] for k in range(_MIXED_UNITS)}
+def _mixed_features(x: np.ndarray, in_game: np.ndarray) -> dict[str, np.ndarray]:
+    """``mixed-k = max(0, w_k . z(t) / sqrt(3) - 0.5)`` while a game is on the screen, else 0: z the
+    state standardized on the game's fixed moments (:data:`gamestate.STATE_MOMENTS`), w_k ~ N(0, I)
+    drawn once (:data:`_MIXED_SEED`).
+
+    The moments are fixed, not the run's own: a unit must be the same function of the state in
+    every run. Standardizing over each run made one unit's tuning flip in a run that ends on a
+    blank screen, and its parcels scored r = -0.5 on every model.
+    """
+    names = gamestate.OBJECT_VARIABLES + gamestate.ANTICIPATION_VARIABLES
+    mean, sd = np.array([gamestate.STATE_MOMENTS[v] for v in names]).T
+    z = (np.asarray(x, np.float64) - mean) / sd
+    w = np.random.default_rng(_MIXED_SEED).standard_normal((len(names), _MIXED_UNITS)) / math.sqrt(3)
+    units = np.maximum(z @ w - _MIXED_THRESHOLD, 0.0) * np.asarray(in_game, bool)[:, None]
+    return {f"mixed-{k}": units[:, k].astype(np.float32) for k in range(_MIXED_UNITS)}
 
 
 def _check_state(state: np.ndarray, n: int) -> np.ndarray:
@@ -642,7 +657,7 @@ def _timeline_features(run: RunStimulus, grid: int) -> dict[str, np.ndarray]:
     timeline, actions, rewards, state = _place(*streams, run, states)
     h, w, _ = timeline.shape
     feats = _visual_features(lambda a, b: timeline[a:b], len(timeline), h, w, grid, run.fps)
-    return feats | _event_motor_features(actions, rewards, state, run.fps)
+    return feats | _event_motor_features(actions, rewards, state, run.fps, timeline.in_game())
 
 
 class _Timeline:
@@ -654,6 +669,13 @@ class _Timeline:
 
     def __len__(self) -> int:
         return self.n
+
+    def in_game(self) -> np.ndarray:
+        """(n,) bool: the frames a replay covers, not the blank screen around them."""
+        out = np.zeros(self.n, bool)
+        for start, seg in self.segments:
+            out[start : start + len(seg)] = True
+        return out
 
     def __getitem__(self, key: slice) -> np.ndarray:
         a, b, _ = key.indices(self.n)

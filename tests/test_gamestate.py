@@ -54,6 +54,10 @@ def test_anticipation_looks_ahead():
     reward_ahead, loss_ahead = ahead[:, 0], ahead[:, 1]
     np.testing.assert_array_equal(np.flatnonzero(reward_ahead), np.arange(40, 100))  # the second before it
     np.testing.assert_array_equal(np.flatnonzero(loss_ahead), np.arange(80, 200))  # the two seconds before
+    # the same stream, but the replay ends at frame 200 (a blank screen after it): no ship is lost
+    ahead = gamestate.anticipation(state, rewards, fps=60, in_game=np.arange(300) < 200)
+    np.testing.assert_array_equal(np.flatnonzero(ahead[:, 0]), np.arange(40, 100))
+    assert not ahead[:, 1].any()
 
 
 @pytest.mark.parametrize("frames, match", [

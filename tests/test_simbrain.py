@@ -25,6 +25,7 @@ from brainray.simbrain import (
     n_volumes,
     noise_ceiling,
     realized_ceiling,
+    run_tr_features,
     simulate_run,
     simulate_subject,
     stimulus_features,
@@ -525,6 +526,26 @@ def test_mixed_units_are_rectified_random_mixtures_of_the_state(state_runs):
     x = np.c_[state, np.ones(len(state))]
     resid = units - x @ np.linalg.lstsq(x, units, rcond=None)[0]
     assert np.mean(resid.var(0) / units.var(0)) > 0.05  # not a linear read-out of the state
+
+
+def test_mixed_units_are_the_same_function_of_the_state_in_every_run():
+    """A unit's tuning is fixed: the same replay drives it alike in a run it fills and in a run that
+    ends on a blank screen, where it rests. (Standardizing the state over each run flipped a unit
+    in a demo run with a blank tail: its parcels scored r = -0.5 on every model.)"""
+    rng = np.random.default_rng(5)
+    f, ac, rw = _gameplay(rng, 900)
+    state = _state(rng, 900)
+    units = [f"mixed-{k}" for k in range(16)]
+    n_vols = {"filled": 10, "blank tail": 40}  # 10 volumes: 894 frames of the 900; 40: 30 s blank after
+    tr = {}
+    for name, n in n_vols.items():
+        run = RunStimulus([f], [ac], [rw], onsets=[0.0], duration=n * 1.49, state=[state])
+        tr[name] = run_tr_features(run, SimBrainConfig(grid=2))
+    early = slice(0, 6)  # volumes whose HRF window the replay's end has not reached
+    for u in units:
+        np.testing.assert_allclose(tr["blank tail"][u][early], tr["filled"][u][early], rtol=1e-6, atol=1e-9)
+    late = tr["blank tail"]
+    assert max(np.abs(late[u][-5:]).max() for u in units) < 1e-3 * max(np.abs(late[u]).max() for u in units)
 
 
 def test_oracle_reaches_the_ceiling_in_every_family(state_subject, state_runs):
