@@ -417,18 +417,13 @@ def _check_split(replays: list[dict[str, Any]], split: str, span: int, val_fract
 
 def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str, Any]]:
     """Record plays until each split has its frames; a play may end early (game over)."""
-    run_frames = int(round(d.run_vols * d.tr * FPS))
-    want = {
-        "train": d.train_replays * d.replay_frames,
-        "val": d.val_replays * d.replay_frames,
-        "stim": d.n_runs * run_frames,
-    }
+    want = {"train": d.train_replays * d.replay_frames, "val": d.val_replays * d.replay_frames}
     seed = d.seed * 10_000
     out: list[dict[str, Any]] = []
-    for split, target in want.items():
+    for split in ("train", "val", "stim"):
         got, rounds, per_play = 0, 0, d.replay_frames
-        while got < target:
-            n = max(1, -(-(target - got) // per_play))  # a play ends early at game over
+        while (missing := _stim_missing(d, out) if split == "stim" else want[split] - got) > 0:
+            n = max(1, -(-missing // per_play))  # a play ends early at game over
             jobs = [(str(root), seed + i, d.replay_frames, d.game, d.policy, d.frame_size, split == "stim")
                     for i in range(n)]
             seed += n
@@ -441,13 +436,23 @@ def _gameplay(d: DataSpec, root: Path, map_fn: MapFn, log: Log) -> list[dict[str
             played = [r["n_frames"] for r in out if r["split"] == split]
             per_play = max(1, int(np.mean(played)))
             rounds += 1
+            left = max(_stim_missing(d, out) if split == "stim" else want[split] - got, 0)
             log(
-                f"[gameplay] {split}: {len(done)} plays recorded, {got}/{target} frames "
+                f"[gameplay] {split}: {len(done)} plays recorded, {got} frames, {left} still to record "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
             if rounds > 20:
-                raise RuntimeError(f"gameplay: could not record {target} {split} frames of {d.game} in 20 rounds")
+                raise RuntimeError(f"gameplay: could not record the {split} frames of {d.game} in 20 rounds")
     return out
+
+
+def _stim_missing(d: DataSpec, replays: list[dict[str, Any]]) -> int:
+    """Frames of gameplay the stimulus runs still lack, as :func:`_runs` packs them: a play cut at
+    the end of a run is not continued in the next, so the runs need more than their length."""
+    runs = _runs(d, replays)
+    run_s = d.run_vols * d.tr
+    placed = [sum(seg["n_frames"] for seg in r["segments"]) for r in runs]
+    return sum(max(0, int(run_s * FPS) - 60 - p) for p in placed)  # within a second of full is full
 
 
 def _runs(d: DataSpec, replays: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import yaml
 from bids_tree import SUB, TR, bk2_path, build_tree
 from brainray import gameplay, trial, video, vqvae
 from brainray.config import SpecError, SweepSpec, load_spec
-from brainray.prepare import REPLAY_ORDER, Dataset, SubjectBold, load_dataset, prepare
+from brainray.prepare import REPLAY_ORDER, Dataset, SubjectBold, _stim_missing, load_dataset, prepare
 
 N_VOLS = 50  # 74.5 s runs; "simple" + global signal confounds are ~31 regressors
 PLAY = 450  # frames per recorded play (7.5 s): five clips of 32 frames make a tiny dataset
@@ -329,3 +329,17 @@ def test_a_corrupt_bids_file_is_named(tree, tmp_path, name, what):
     spec = _spec(tmp_path, tree["root"], tree["atlas"])
     with pytest.raises(ValueError, match=rf"{re.escape(str(bad))} cannot be read as {what} \(.*\); it is corrupt"):
         prepare(spec, tmp_path / "data", log=lambda msg: None)
+
+
+def test_stimulus_runs_are_filled_with_gameplay(tiny_dataset, smoke_spec):
+    """Gameplay is recorded until every stimulus run is full: a play cut at the end of a run is
+    not continued in the next, so the runs need more frames than their length (the demo's last
+    run was 40 % blank screen before)."""
+    d = smoke_spec.data
+    run_frames = int(d.run_vols * d.tr * 60)
+    for run in tiny_dataset.manifest["runs"]:
+        assert sum(seg["n_frames"] for seg in run["segments"]) >= run_frames - 60, run["run"]
+    plays = [{"split": "stim", "name": f"p{i}", "n_frames": 1000} for i in range(4)]
+    # 3 runs of 2682 frames take 3 plays each (the third cut): 4 plays fill one run and part of another
+    assert _stim_missing(d, plays) == (run_frames - 60 - 1000) + (run_frames - 60)
+    assert _stim_missing(d, plays * 3) == 0
