@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from brainray import frontier, triallog  # noqa: E402
@@ -99,6 +100,29 @@ def pixel_share(root: Path) -> dict[str, float]:
             err += ((X[k] @ beta - y) ** 2).sum()
             tot += ((y - ytr.mean()) ** 2).sum()
         out[v] = float(1 - err / tot)
+    return out
+
+
+def calibration(root: Path) -> list[dict]:
+    """Per family, on this dataset: each parcel's best r over every trial and control, against its
+    noise ceiling. A signal parcel that no read-out predicts (best r about 0 or below) is a flaw
+    of the instrument, not of the models: the mixed units standardized per run once gave one
+    parcel r = -0.5 on every model."""
+    tables = sorted((root / "parcels").glob("*.parquet"))
+    if not tables:
+        raise FileNotFoundError(f"no per-parcel tables under {root / 'parcels'}; run the sweep first.")
+    df = pd.concat([pd.read_parquet(t, columns=["subject", "parcel", "family", "ceiling", "r"]) for t in tables])
+    best = df.groupby(["subject", "parcel", "family"], as_index=False).agg(r=("r", "max"), ceiling=("ceiling", "first"))
+    out = []
+    for family, g in best.groupby("family"):
+        signal = g["ceiling"] > 0
+        frac = (g["r"] / g["ceiling"]).where(signal)
+        out.append({
+            "family": family, "parcels": len(g), "best_r_min": float(g["r"].min()),
+            "best_r_median": float(g["r"].median()), "ceiling_median": float(g["ceiling"].median()),
+            "best_frac_median": float(frac.median()) if signal.any() else None,
+            "unreadable": int((signal & (g["r"] < 0.05)).sum()),
+        })
     return out
 
 
@@ -181,6 +205,15 @@ def _md(res: dict) -> str:
             f"| {f['best']:.3f} | {f['best_gain']:+.3f} | {yes[bool(f['separates'])]} | {f['codes']:.3f} "
             f"| {f['best_over_codes']:+.3f} |"
         )
+    lines += ["", "## Calibration on this dataset", "",
+              "Each parcel's best r over every trial and control, per family, against its noise ceiling. A signal "
+              "parcel that nothing predicts (best r < 0.05: unreadable) is a flaw of the instrument; noise parcels "
+              "have ceiling 0 and their best r is the largest of many chance scores.", "",
+              "| family | parcels | best r: min | median | ceiling (median) | best / ceiling (median) | unreadable |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c['family']} | {c['parcels']} | {c['best_r_min']:+.3f} | {c['best_r_median']:+.3f} | "
+              f"{c['ceiling_median']:.2f} | " + ("—" if c["best_frac_median"] is None else f"{c['best_frac_median']:.2f}")
+              + f" | {c['unreadable']} |" for c in res["calibration"]]
     lines += ["", "## Why the gain is small: the game's state at the TR is mostly its pixels' slow statistics", "",
               "Leave-one-run-out R² of each game-state feature (HRF-convolved, on the TR grid of the stimulus runs) "
               "from a linear fit on the pixel-driven features (luminance, contrast, motion, surprise per receptive "
@@ -210,7 +243,8 @@ def main() -> None:
     else:
         wall = _sweep(storage, args.preset)
     root = storage / load_spec(args.preset).name
-    res = {"tokenizer": _tokenizer(root), **measure(root), "pixel_share": pixel_share(root), "wall_s": wall,
+    res = {"tokenizer": _tokenizer(root), **measure(root), "pixel_share": pixel_share(root),
+           "calibration": calibration(root), "wall_s": wall,
            "preset": args.preset,
            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
