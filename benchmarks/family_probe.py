@@ -16,7 +16,7 @@ bounded by putting every parcel that is neither the pixel floor (``visual``) nor
 the family that gains most, at the top of the SNR range.
 
     python benchmarks/family_probe.py                         # ~10 min on 2 cores
-    python benchmarks/family_probe.py --storage results/brain_sensitivity   # reuse its prepared data
+    python benchmarks/family_probe.py --storage results/brain_sensitivity   # the demo sweep's own dataset
 
 Writes ``results/benchmarks/family_probe.json`` and ``.md``.
 """
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from brainray import encoding, simbrain, trial  # noqa: E402
-from brainray.config import load_spec  # noqa: E402
+from brainray.config import dataset_root, load_spec  # noqa: E402
 from brainray.prepare import prepare, run_stimulus  # noqa: E402
 
 OUT = REPO / "results" / "benchmarks"
@@ -112,7 +112,8 @@ def _ceilings(ds) -> dict[str, float]:
 
 def measure(storage: Path, preset: str) -> dict:
     spec = load_spec(preset)
-    ds = prepare(spec, str(storage / spec.name / "data"))
+    root = str(storage / spec.name)
+    ds = prepare(spec, dataset_root(root, str(storage), None, spec))  # the sweep's own dataset when it ran there
     Y, names, groups = _targets(ds)
     tr = spec.train
     models, r = {}, {}
