@@ -50,7 +50,8 @@ import pyarrow.fs as pafs  # noqa: E402
 
 from brainray import frontier, parcels, reuse, triallog  # noqa: E402
 from brainray.frontier import (  # noqa: E402
-    AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier, pareto_front, score_families,
+    AXES, PAPER_DTYPE, LawFit, _jsonable, analysis_to_dict, analyze, config_frontier, control_rows, pareto_front,
+    score_families,
 )
 from brainray.frontier import reference_value, short_value  # noqa: E402
 
@@ -291,7 +292,9 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
         return "no per-family scores (a simulated brain logs brain_r_<family>)"
     effect = analysis.get("training_effect")
     control = ({} if effect is None or effect.empty else
-               effect.set_index("score")[["untrained", "untrained_sd", "codes"]].T.to_dict())
+               effect.set_index("score")[["untrained", "untrained_sd"]].T.to_dict())
+    controls = analysis.get("controls")
+    codes = control_rows(controls, "codes") if controls is not None and len(controls) else pd.DataFrame()
     ncols = min(4, len(families))
     nrows = -(-len(families) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.0 * nrows), squeeze=False,
@@ -311,8 +314,8 @@ def _plot_families(analysis: dict[str, Any], path: Path) -> str | None:
             ax.axhline(mean, color="0.3", ls="--", lw=1, label="untrained control (reference)")
             if np.isfinite(sd):
                 ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15, lw=0)
-            if np.isfinite(control[col]["codes"]):  # the codes control: the model's input, read by the same ridge
-                ax.axhline(control[col]["codes"], color="black", ls=":", lw=1.4, label="VQ codes alone (no model)")
+        if col in codes and codes[col].notna().any():  # the codes control: the model's input, read by the same ridge
+            ax.axhline(float(codes[col].mean()), color="black", ls=":", lw=1.4, label="VQ codes alone (no model)")
         _log_axis(ax)
         ax.set_title(fam, fontsize=10)
         ax.set_xlabel("training FLOPs", fontsize=8)

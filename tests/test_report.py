@@ -329,3 +329,18 @@ def test_report_renders_offline_in_headless_chromium(full_report, tmp_path):
     for div in ("plot-frontiers", "plot-isoflop", "plot-axes"):
         drawn = dom.split(f'id="{div}"', 1)[1][:200000]
         assert "main-svg" in drawn and 'class="point"' in drawn, div  # Plotly drew its points
+
+
+def test_family_panels_draw_the_codes_control_without_untrained_controls(tmp_path, trials, monkeypatch):
+    """A sweep with ``axes.controls: [codes]`` alone still draws the codes line in every family panel."""
+    from brainray import report
+
+    df = trials[trials["status"] == "TERMINATED"].assign(control="", brain_r_visual=lambda d: d["brain_r_mean"] + 0.1)
+    codes = df.iloc[[0]].assign(trial_id="codes", control="codes", n_embd=0, n_layer=0, n_head=0, params=0,
+                                params_nonembed=0, train_flops=0.0, val_loss=np.nan, brain_r_mean=0.2,
+                                brain_r_visual=0.3)
+    figures = []
+    monkeypatch.setattr(report.plt, "close", figures.append)
+    assert report._plot_families(analyze(pd.concat([df, codes], ignore_index=True), bootstrap=0), tmp_path / "f.png") is None
+    lines = [line for ax in figures[0].axes for line in ax.get_lines() if line.get_label() == "VQ codes alone (no model)"]
+    assert len(lines) == 1 and lines[0].get_ydata()[0] == pytest.approx(0.3)
