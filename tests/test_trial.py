@@ -181,8 +181,8 @@ def test_codes_control_reads_the_codes_alone_through_the_same_ridge(trial_config
     parcels well above 0 and below their ceiling, noise parcels as a null read-out scores.
 
     The null is the same ridge on fresh draws of the simulator's own noise. On the smoke data's 3 runs
-    of 30 volumes one noise parcel's r spreads by about 0.15 (the drift is slow), and leave-one-run-out
-    on so few runs reads noise at about -0.05: a fixed ``|r| < 0.1`` failed on a sound read-out."""
+    of 30 volumes one noise parcel's r spreads by about 0.2 (the drift is slow): a fixed ``|r| < 0.1``
+    on its 4 noise parcels failed on a sound read-out."""
     from brainray import encoding, simbrain
     from brainray.config import TrainSpec
 
