@@ -1047,7 +1047,7 @@ def encode_subject(X: Any, Y: Any, groups: Any, **encoder_kwargs: Any) -> np.nda
     For each run, a :class:`RidgeEncoder` (its own inner CV over the other runs picks
     the alphas) is fitted on all other runs and predicts the held-out run; r per parcel is
     the Pearson correlation on each held-out run, averaged over runs weighted by their
-    volumes. Within a run, a run's baseline is not a response.
+    volumes. Each run's r is centred on that run: a run's baseline is not a response.
 
     Why per run, not one r over the concatenated predictions: a fold's prediction depends on
     every other run's BOLD, so pooled, each run's noise enters the normalisation of the
@@ -1081,12 +1081,10 @@ def encode_subject(X: Any, Y: Any, groups: Any, **encoder_kwargs: Any) -> np.nda
     if len(runs) < 3:
         raise ValueError(f"encode_subject needs at least 3 runs (1 held out, >= 2 for "
                          f"the inner CV); groups has {len(runs)}.")
-    pred = np.zeros_like(Y)
+    r_runs, n_vols = [], []
     for run in runs:
         test = groups == run
         enc = RidgeEncoder(**encoder_kwargs).fit(X[~test], Y[~test], groups=groups[~test])
-        p_run = enc.predict(X[test], groups=groups[test])
-        pred[test] = p_run.reshape(pred[test].shape)
-    n_vols = np.array([np.sum(groups == run) for run in runs], dtype=np.float64)
-    r_runs = np.stack([pearson_r(Y[groups == run], pred[groups == run]) for run in runs])  # (n_runs, n_parcels)
-    return n_vols @ r_runs / n_vols.sum()
+        r_runs.append(pearson_r(Y[test], enc.predict(X[test], groups=groups[test]).reshape(Y[test].shape)))
+        n_vols.append(int(test.sum()))
+    return np.average(np.stack(r_runs), axis=0, weights=n_vols)
