@@ -16,7 +16,6 @@ Writes ``results/benchmarks/compute_probe.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys
@@ -26,7 +25,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import family_probe  # noqa: E402  its largest corner, the config trained here for longer
 import pandas as pd  # noqa: E402
 
 from brainray import trial  # noqa: E402
@@ -54,8 +55,7 @@ def main() -> None:
     sweep = pd.read_parquet(root / "trials")
     ds_root = str(dataset_root(str(root), str(args.storage), None, spec))
     ref = spec.axes.reference
-    corner = {**ref, "n_embd": max(spec.axes.n_embd), "data_frames": max(spec.axes.data_frames)}
-    corner = next(t for t in spec.axes.trials() if all(t[k] == corner[k] for k in corner))
+    corner = family_probe._configs(spec, ds_root)["trained largest"]
     rows = []
 
     def control(kind: str, **match) -> float:
@@ -66,7 +66,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for name, (over, train_over) in RUNS.items():
-        config = {**corner, **over, "dataset": ds_root, "train": {**dataclasses.asdict(spec.train), **train_over}}
+        config = {**corner, **over, "train": {**corner["train"], **train_over}}
         t0 = time.perf_counter()
         m = trial.run(config, lambda *a, **k: None)
         rows.append({"run": name, "n_embd": config["n_embd"], "epochs": config["train"]["epochs"],
