@@ -61,22 +61,31 @@ def _configs(spec, ds_root: str) -> dict[str, dict]:
 
 
 def _features(config: dict, ds) -> tuple[np.ndarray, dict]:
-    """Train (or not) one config through ``trial.run``; the TR features the ridge saw, and the metrics."""
+    """Train (or not) one config through ``trial.run``; the TR features the ridge saw, and the metrics.
+
+    The features are the ones ``trial.score_brain`` scored, kept as it hands them to the ridge:
+    read again afterwards, the model would be back in training mode (dropout on).
+    """
     seen = {}
-    score = trial.score_brain
+    score = trial.score_features
 
-    def keep(model, *args, **kwargs):  # the real scorer, with the model kept for the probe
-        seen["model"], seen["layer"], seen["device"] = model, args[1], args[3]
-        return score(model, *args, **kwargs)
+    def keep(features, *args, **kwargs):  # the real ridge, with the features kept for the probe
+        seen.update(features)
+        return score(features, *args, **kwargs)
 
-    trial.score_brain = keep
+    trial.score_features = keep
     try:
         metrics = trial.run(config, lambda *a, **k: None)
     finally:
-        trial.score_brain = score
+        trial.score_features = score
+    X = np.concatenate([seen[k] for k in range(len(ds.manifest["runs"]))]).astype(np.float32)
+    return X, {k: metrics[k] for k in ("val_loss", "brain_r_mean")}
+
+
+def _all_runs(model, ds, layer: int, device) -> np.ndarray:
+    """``trial.run_features`` of every stimulus run, stacked: (n_trs, n_embd)."""
     runs = range(len(ds.manifest["runs"]))
-    X = [trial.run_features(seen["model"], ds, k, seen["layer"], seen["device"]) for k in runs]
-    return np.concatenate(X).astype(np.float32), {k: metrics[k] for k in ("val_loss", "brain_r_mean")}
+    return np.concatenate([trial.run_features(model, ds, k, layer, device) for k in runs]).astype(np.float32)
 
 
 def _code_histogram(ds, by_position: bool) -> list[np.ndarray]:
