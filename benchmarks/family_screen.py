@@ -50,46 +50,32 @@ OUT = family_probe.OUT
 FPS = 60.0
 
 
-def _features(model, ds, n_layer: int, depth: float) -> np.ndarray:
-    model.eval()
-    with torch.no_grad():
-        layer = gpt.feature_layer(n_layer, depth)
-        runs = range(len(ds.manifest["runs"]))
-        return np.concatenate([trial.run_features(model, ds, k, layer, torch.device("cpu")) for k in runs])
-
-
 def _models(storage: Path, spec, ds) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """TR features of every trained trial (best weights, from its Tune checkpoint) and of the
-    untrained model at each width of the sweep (seeded as a trial starts: the reference's seeds)."""
-    n_codes, T = int(ds.manifest["tokenizer"]["n_codes"]), int(np.prod(ds.latent_shape))
+    """TR features of every trained trial (its best weights, from its Tune checkpoint, in the
+    trial's own model) and of the untrained control at each width of the sweep (the reference's
+    seeds at the reference width), through ``trial.run`` as the sweep runs it."""
     tr, ref = spec.train, spec.axes.reference
     X, meta = {}, {}
-
-    def build(cfg: dict) -> torch.nn.Module:
-        return gpt.build_model(gpt.GPTSpec(n_embd=int(cfg["n_embd"]), n_layer=int(cfg["n_layer"]),
-                                           n_head=int(cfg["n_head"]), vocab_size=n_codes, tokens_per_clip=T,
-                                           dropout=tr.dropout))
-
     for path in sorted((storage / spec.name / "tune").glob("*/checkpoint_*/checkpoint.pt")):
         ckpt = vqvae.read_checkpoint(str(path), map_location="cpu")
         cfg = ckpt["config"]
         if cfg.get("control") or ckpt.get("best_model") is None:
             continue
-        model = build(cfg)
-        model.load_state_dict(ckpt["best_model"])
+        t = trial._Trainer({**cfg, "dataset": str(ds.root), "train": ckpt["train"]}, tr)
+        t.model.load_state_dict(ckpt["best_model"])
+        t.model.eval()
         name = f"e{cfg['n_embd']} L{cfg['n_layer']} h{cfg['n_head']} D{cfg['data_frames']} {cfg['dtype']} s{cfg['seed']}"
-        X[name] = _features(model, ds, int(cfg["n_layer"]), tr.feature_depth)
+        with torch.no_grad():
+            X[name] = family_probe._all_runs(t.model, ds, gpt.feature_layer(t.spec.n_layer, tr.feature_depth), t.device)
         meta[name] = {"trained": True, "val_loss": float(ckpt["best_val_loss"]),
                       **{k: cfg[k] for k in ("n_embd", "n_layer", "n_head", "data_frames", "dtype", "seed")}}
     if not X:
         raise SystemExit(f"{storage / spec.name / 'tune'}: no trial checkpoints; run benchmarks/brain_sensitivity.py there first.")
+    control = family_probe._configs(spec, str(ds.root))["untrained reference"]
     for width in spec.axes.n_embd:
         for seed in (spec.axes.seed if width == ref["n_embd"] else [ref["seed"]]):
-            torch.manual_seed(seed)  # as trial._Trainer._fresh seeds a trial's initial weights
-            np.random.seed(seed)
-            cfg = {**ref, "n_embd": width}
             name = f"untrained e{width} s{seed}"
-            X[name] = _features(build(cfg), ds, int(cfg["n_layer"]), tr.feature_depth)
+            X[name] = family_probe._features({**control, "n_embd": width, "seed": seed}, ds)[0]
             meta[name] = {"trained": False, "n_embd": width, "seed": seed}
     X["codes pooled (no model)"] = np.concatenate(family_probe._code_histogram(ds, False))
     meta["codes pooled (no model)"] = {"trained": False}
@@ -150,7 +136,8 @@ def measure(storage: Path, preset: str) -> dict:
     for set_name in dict.fromkeys(c[0] for c in columns):
         cols = [j for j, c in enumerate(columns) if c[0] == set_name]
         m = {k: float(np.mean(v[cols])) for k, v in r.items()}
-        untrained = {w: float(np.mean([m[k] for k in m if k.startswith(f"untrained e{w} ")])) for w in widths}
+        untrained = {w: float(np.mean([m[k] for k, v in meta.items() if not v["trained"] and v.get("n_embd") == w]))
+                     for w in widths}
         rho = spearmanr([meta[k]["val_loss"] for k in trained], [m[k] for k in trained]).statistic
         best = max(trained, key=m.get)
         out["sets"][set_name] = {
