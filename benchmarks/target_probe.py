@@ -1,7 +1,7 @@
 """Would other parcels separate the models? Future-shifted and conjunctive targets, read without noise.
 
-``family_probe.py`` shows that the VQ codes alone read every family of the demo's simulated brain
-at least as well as the largest trained model. Two kinds of parcel a trained video model might
+``family_probe.py`` shows that the VQ codes alone read the demo's simulated brain about as well
+as the largest trained model (4 of 6 families at least as well). Two kinds of parcel a trained video model might
 read better than its input, tested here before any is built into ``simbrain``:
 
 - **ahead**: every driver feature shifted 1-3 TRs into the future (a parcel that encodes what
