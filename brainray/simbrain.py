@@ -81,9 +81,10 @@ STATE_TYPES = ("object", "relation", "anticipation", "mixed")
 #: +0.026 r for relation, +0.016 anticipation, +0.013 [-0.004, 0.030] object, +0.008 visual and
 #: motor, and -0.000 [-0.015, 0.014] for predictive, which is left out. The state's own
 #: variables are mostly linear in the pixels' slow statistics at the TR; a probe of noiseless
-#: HRF-convolved targets ridge-read from the demo's features found the rectified mixtures of
-#: ``mixed`` gained +0.053 r from training (+0.079 with 54k frames) where the state variables
-#: gained +0.015, so ``mixed`` has the largest share.
+#: HRF-convolved targets ridge-read from the demo's features (``benchmarks/family_probe.py``,
+#: re-measured at stop 29 with dropout off) found the rectified mixtures of ``mixed`` gained
+#: +0.030 r from training at the reference and +0.066 for the largest model over the untrained
+#: reference, the most of any family, so ``mixed`` has the largest share.
 GAME_FRACTIONS = {
     "visual": 0.15, "predictive": 0.0, "motor": 0.05, "object": 0.10, "relation": 0.15, "anticipation": 0.10,
     "mixed": 0.30, "none": 0.15,
