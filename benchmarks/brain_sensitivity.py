@@ -14,11 +14,13 @@ machine) and then reads the trial log, the dataset manifest and the frontier fit
 
     python benchmarks/brain_sensitivity.py                    # ~10 min on 2 idle cores
     python benchmarks/brain_sensitivity.py --reuse            # measure the sweep it ran last time again
-    python benchmarks/brain_sensitivity.py --preset my.yaml   # another spec (its name names the folder)
+    python benchmarks/brain_sensitivity.py --preset my.yaml --out brain_sensitivity_my   # another spec
+    python benchmarks/brain_sensitivity.py --preset benchmarks/grid64.yaml --storage /tmp/g64 \
+        --data-dir /tmp/g64-data --reuse --out brain_sensitivity_64   # a sweep run by hand
 
-The sweep goes to ``results/brain_sensitivity/`` (kept, not committed).
+The sweep goes to ``--storage`` (default ``results/brain_sensitivity/``, kept, not committed).
 
-Writes ``results/benchmarks/brain_sensitivity.json`` and ``.md``.
+Writes ``results/benchmarks/<--out>.json`` and ``.md`` (default ``brain_sensitivity``).
 """
 
 from __future__ import annotations
@@ -48,20 +50,23 @@ from brainray.config import load_spec  # noqa: E402
 OUT = REPO / "results" / "benchmarks"
 
 
-def _sweep(storage: Path, preset: str) -> float:
-    """Run the demo from a fresh storage (its prepared data removed too); its wall seconds."""
+def _sweep(storage: Path, preset: str, data_dir: Path | None) -> float:
+    """Run the sweep from a fresh storage (its prepared data removed too, unless it lives in
+    ``data_dir``); its wall seconds."""
     shutil.rmtree(storage / load_spec(preset).name, ignore_errors=True)
     t0 = time.perf_counter()
     cmd = [sys.executable, str(REPO / "sweeps" / "scaling.py"), "--preset", preset, "--storage", str(storage)]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return time.perf_counter() - t0
 
 
-def _tokenizer(root: Path) -> dict:
-    manifests = sorted((root / "data").glob("*/dataset.json"), key=lambda p: p.stat().st_mtime)
+def _tokenizer(data: Path) -> dict:
+    manifests = sorted(data.glob("*/dataset.json"), key=lambda p: p.stat().st_mtime)
     if not manifests:
-        raise FileNotFoundError(f"no prepared dataset under {root / 'data'}; run the sweep first.")
+        raise FileNotFoundError(f"no prepared dataset under {data}; run the sweep first.")
     tok = json.loads(manifests[-1].read_text())["tokenizer"]
     m = tok["metrics"]
     return {
@@ -72,7 +77,7 @@ def _tokenizer(root: Path) -> dict:
     }
 
 
-def pixel_share(root: Path) -> dict[str, float]:
+def pixel_share(data: Path) -> dict[str, float]:
     """How much of each game-state feature, at the TR after the HRF, the pixel features already carry.
 
     Leave-one-run-out R^2 of a least-squares fit of each state feature (on the demo's stimulus
@@ -83,7 +88,7 @@ def pixel_share(root: Path) -> dict[str, float]:
     from brainray.dataset import load_dataset
     from brainray.prepare import run_stimulus
 
-    ds = load_dataset(next((root / "data").glob("*/dataset.json")).parent)
+    ds = load_dataset(next(data.glob("*/dataset.json")).parent)
     cfg = simbrain.SimBrainConfig(tr=ds.manifest["tr"])
     runs = [simbrain.run_tr_features(run_stimulus(ds.root, r, r["n_vols"], cfg.tr), cfg) for r in ds.manifest["runs"]]
     pixel = [k for k in runs[0] if simbrain.feature_type(k) in ("visual", "predictive") and k != "event"]
@@ -156,6 +161,7 @@ def measure(root: Path) -> dict:
         },
         "brain_law": {
             "identified": law.get("identified"), "at_bound": law.get("at_bound"),
+            "wide_exponents": law.get("wide_exponents"),
             **{k: law.get(k) for k in ("E", "A", "B", "alpha", "beta")},
         },
         "families": effect.to_dict(orient="records"),
@@ -169,10 +175,11 @@ def _md(res: dict) -> str:
     yes = {True: "yes", False: "**no**", None: "n/a"}
     lines = [
         "# Brain sensitivity of the demo", "",
-        f"`python benchmarks/brain_sensitivity.py`, {res['when']}, {res['machine']}. The demo preset from a fresh "
-        f"storage: {res['n_trained']} trained trials, {res['n_controls']} untrained controls and "
+        f"`python benchmarks/brain_sensitivity.py --preset {res['preset']}`, {res['when']}, {res['machine']}. "
+        f"From a fresh storage: {res['n_trained']} trained trials, {res['n_controls']} untrained controls and "
         f"{res['n_codes_controls']} codes control (the VQ codes alone, no model)"
-        + (f", {res['wall_s'] / 60:.1f} min end to end (prepare included)." if res.get("wall_s") else "."), "",
+        + (f", {res['wall_s'] / 60:.1f} min end to end ({'prepare included' if res.get('prepare_included', True) else 'its prepared dataset reused'})."
+           if res.get("wall_s") else "."), "",
         "| criterion | measured | passes |", "|---|---|---|",
         f"| tokenizer: PSNR >= mean-frame + 3 dB | {tk['psnr']:.1f} dB vs {tk['psnr_baseline']:.1f} dB "
         f"(+{tk['psnr_gain']:.1f}); sprites {tk['psnr_foreground']:.1f} vs {tk['psnr_foreground_baseline']:.1f} dB; "
@@ -184,7 +191,8 @@ def _md(res: dict) -> str:
         f"{sf['spearman_val_loss_brain_r_mean']:.2f} | {yes[sf['ok']]} |",
         f"| frontier rises: best of top FLOPs quartile − best of bottom quartile > margin | {fr['best_top_quartile']:.3f}"
         f" − {fr['best_bottom_quartile']:.3f} = {fr['gain']:+.3f} | {yes[fr['ok']]} |",
-        f"| brain law identified (no parameter at a bound) | at bound: {law['at_bound'] or 'none'} | "
+        f"| brain law identified (no parameter at a bound, no exponent CI wider than 10×) | at bound: "
+        f"{law['at_bound'] or 'none'}; CI wider than 10×: {law.get('wide_exponents') or 'none'} | "
         f"{yes[law['identified']]} |", "",
         f"Beside the criteria: the VQ codes alone (each code's share of the screen per step, through the same ridge, "
         f"no model) score **{res['beats_its_input']['codes']:.3f}**, so the best trained model adds "
@@ -234,23 +242,26 @@ def _md(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
-    ap.add_argument("--reuse", action="store_true", help="measure the sweep already in results/brain_sensitivity")
+    ap.add_argument("--reuse", action="store_true", help="measure the sweep already in --storage")
+    ap.add_argument("--storage", type=Path, default=REPO / "results" / "brain_sensitivity")
+    ap.add_argument("--data-dir", type=Path, help="a prepared dataset to reuse (then the wall time leaves out prepare)")
+    ap.add_argument("--out", default="brain_sensitivity", help="name of the result files in results/benchmarks/")
     args = ap.parse_args()
-    storage = REPO / "results" / "brain_sensitivity"
-    previous = OUT / "brain_sensitivity.json"
+    previous = OUT / f"{args.out}.json"
     if args.reuse:  # the sweep is the one measured last time: keep its wall time
         wall = json.loads(previous.read_text()).get("wall_s") if previous.exists() else None
     else:
-        wall = _sweep(storage, args.preset)
-    root = storage / load_spec(args.preset).name
-    res = {"tokenizer": _tokenizer(root), **measure(root), "pixel_share": pixel_share(root),
-           "calibration": calibration(root), "wall_s": wall,
+        wall = _sweep(args.storage, args.preset, args.data_dir)
+    root = args.storage / load_spec(args.preset).name
+    data = args.data_dir or root / "data"
+    res = {"tokenizer": _tokenizer(data), **measure(root), "pixel_share": pixel_share(data),
+           "calibration": calibration(root), "wall_s": wall, "prepare_included": args.data_dir is None,
            "preset": args.preset,
            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "brain_sensitivity.json").write_text(json.dumps(frontier._jsonable(res), indent=1))
-    (OUT / "brain_sensitivity.md").write_text(_md(res))
+    (OUT / f"{args.out}.json").write_text(json.dumps(frontier._jsonable(res), indent=1))
+    (OUT / f"{args.out}.md").write_text(_md(res))
     print(_md(res))
 
 

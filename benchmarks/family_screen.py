@@ -20,13 +20,18 @@ Candidate sets, beside the demo's own driver features:
   (``mixed`` uses 0.5), active a few per cent of the time.
 
     python benchmarks/family_screen.py --storage results/brain_sensitivity   # ~5 min on 2 cores
+    python benchmarks/family_screen.py --storage results/brain_sensitivity --readout mlp
 
-Writes ``results/benchmarks/family_screen.json`` and ``.md``.
+``--readout mlp`` reads each model's MLP-branch output of the feature block (what the paper
+extracts, ``post_fc_dp``) instead of the residual stream the trial reads, pooled the same way.
+
+Writes ``results/benchmarks/<--out>.json`` and ``.md`` (default ``family_screen``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -80,6 +85,34 @@ def _models(storage: Path, spec, ds) -> tuple[dict[str, np.ndarray], dict[str, d
     X["codes pooled (no model)"] = np.concatenate(family_probe._code_histogram(ds, False))
     meta["codes pooled (no model)"] = {"trained": False}
     return X, meta
+
+
+@torch.no_grad()
+def _mlp_clip_features(model, seq: torch.Tensor, latent_shape: tuple[int, int, int], layer: int) -> torch.Tensor:
+    """``gpt.clip_features`` with the MLP-branch output of block ``layer`` in place of its
+    residual stream: what the paper extracts (``attn_nets.4.post_fc_dp``)."""
+    t, h, w = latent_shape
+    out: list[torch.Tensor] = []
+    hook = model.transformer.h[layer - 1].mlp.register_forward_hook(lambda _m, _i, o: out.append(o))
+    try:
+        model.transformer(input_ids=seq)
+    finally:
+        hook.remove()
+    branch = out[0][:, t * h * w :]
+    return branch.reshape(branch.size(0), t, h * w, -1).float().mean(dim=2)
+
+
+@contextlib.contextmanager
+def _readout(kind: str):
+    """Every model read through ``gpt.clip_features`` uses ``kind`` while inside."""
+    if kind == "residual":
+        yield
+        return
+    saved, gpt.clip_features = gpt.clip_features, _mlp_clip_features
+    try:
+        yield
+    finally:
+        gpt.clip_features = saved
 
 
 def _candidates(ds) -> dict[str, dict[str, np.ndarray]]:
@@ -155,8 +188,8 @@ def _md(res: dict, meta: dict) -> str:
     widths = list(next(iter(res["sets"].values()))["untrained"])
     lines = [
         "# Family screen: which candidate parcels would separate the demo's models?", "",
-        f"`python benchmarks/family_screen.py`, {meta['date']}, {meta['machine']}, {meta['minutes']:.1f} min, on the "
-        f"demo sweep's own dataset and checkpoints ({sum(v['trained'] for v in res['models'].values())} trained trials). "
+        f"`python benchmarks/family_screen.py --preset {meta['preset']} --readout {meta['readout']}`, {meta['date']}, "
+        f"{meta['machine']}, {meta['minutes']:.1f} min, on the sweep's own dataset and checkpoints ({sum(v['trained'] for v in res['models'].values())} trained trials). "
         "Mean noiseless r over each set's targets.", "",
         "| set | targets | " + " | ".join(f"untrained e{w}" for w in widths) + " | "
         + " | ".join(f"trained e{w}, most data" for w in widths)
@@ -180,16 +213,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--storage", type=Path, required=True, help="where benchmarks/brain_sensitivity.py ran the demo")
+    ap.add_argument("--readout", choices=("residual", "mlp"), default="residual",
+                    help="residual: the trial's features; mlp: the MLP-branch output of the same block (the paper's)")
+    ap.add_argument("--out", default="family_screen", help="name of the result files in results/benchmarks/")
     args = ap.parse_args()
     t0 = time.perf_counter()
     torch.set_num_threads(2)
-    res = measure(args.storage, args.preset)
+    with _readout(args.readout):
+        res = measure(args.storage, args.preset)
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": platform.machine(),
-            "minutes": (time.perf_counter() - t0) / 60, "preset": args.preset}
+            "minutes": (time.perf_counter() - t0) / 60, "preset": args.preset, "readout": args.readout}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "family_screen.json").write_text(json.dumps({"meta": meta, **res}, indent=1, default=str) + "\n")
-    (OUT / "family_screen.md").write_text(_md(res, meta))
-    print((OUT / "family_screen.md").read_text())
+    (OUT / f"{args.out}.json").write_text(json.dumps({"meta": meta, **res}, indent=1, default=str) + "\n")
+    (OUT / f"{args.out}.md").write_text(_md(res, meta))
+    print((OUT / f"{args.out}.md").read_text())
 
 
 if __name__ == "__main__":
