@@ -63,11 +63,16 @@ def _sweep(storage: Path, preset: str, data_dir: Path | None) -> float:
     return time.perf_counter() - t0
 
 
-def _tokenizer(data: Path) -> dict:
+def _dataset(data: Path) -> Path:
+    """The newest prepared dataset under ``data``: the one the last sweep used."""
     manifests = sorted(data.glob("*/dataset.json"), key=lambda p: p.stat().st_mtime)
     if not manifests:
         raise FileNotFoundError(f"no prepared dataset under {data}; run the sweep first.")
-    tok = json.loads(manifests[-1].read_text())["tokenizer"]
+    return manifests[-1].parent
+
+
+def _tokenizer(dataset: Path) -> dict:
+    tok = json.loads((dataset / "dataset.json").read_text())["tokenizer"]
     m = tok["metrics"]
     return {
         "psnr": m["psnr"], "psnr_baseline": m["psnr_baseline"], "psnr_gain": m["psnr"] - m["psnr_baseline"],
@@ -77,7 +82,7 @@ def _tokenizer(data: Path) -> dict:
     }
 
 
-def pixel_share(data: Path) -> dict[str, float]:
+def pixel_share(dataset: Path) -> dict[str, float]:
     """How much of each game-state feature, at the TR after the HRF, the pixel features already carry.
 
     Leave-one-run-out R^2 of a least-squares fit of each state feature (on the demo's stimulus
@@ -88,7 +93,7 @@ def pixel_share(data: Path) -> dict[str, float]:
     from brainray.dataset import load_dataset
     from brainray.prepare import run_stimulus
 
-    ds = load_dataset(next(data.glob("*/dataset.json")).parent)
+    ds = load_dataset(dataset)
     cfg = simbrain.SimBrainConfig(tr=ds.manifest["tr"])
     runs = [simbrain.run_tr_features(run_stimulus(ds.root, r, r["n_vols"], cfg.tr), cfg) for r in ds.manifest["runs"]]
     pixel = [k for k in runs[0] if simbrain.feature_type(k) in ("visual", "predictive") and k != "event"]
@@ -253,16 +258,17 @@ def main() -> None:
     else:
         wall = _sweep(args.storage, args.preset, args.data_dir)
     root = args.storage / load_spec(args.preset).name
-    data = args.data_dir or root / "data"
-    res = {"tokenizer": _tokenizer(data), **measure(root), "pixel_share": pixel_share(data),
+    dataset = _dataset(args.data_dir or root / "data")
+    res = {"tokenizer": _tokenizer(dataset), **measure(root), "pixel_share": pixel_share(dataset),
            "calibration": calibration(root), "wall_s": wall, "prepare_included": args.data_dir is None,
            "preset": args.preset,
            "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.out}.json").write_text(json.dumps(frontier._jsonable(res), indent=1))
-    (OUT / f"{args.out}.md").write_text(_md(res))
-    print(_md(res))
+    md = _md(res)
+    (OUT / f"{args.out}.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

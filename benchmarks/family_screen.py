@@ -91,15 +91,13 @@ def _models(storage: Path, spec, ds) -> tuple[dict[str, np.ndarray], dict[str, d
 def _mlp_clip_features(model, seq: torch.Tensor, latent_shape: tuple[int, int, int], layer: int) -> torch.Tensor:
     """``gpt.clip_features`` with the MLP-branch output of block ``layer`` in place of its
     residual stream: what the paper extracts (``attn_nets.4.post_fc_dp``)."""
-    t, h, w = latent_shape
     out: list[torch.Tensor] = []
     hook = model.transformer.h[layer - 1].mlp.register_forward_hook(lambda _m, _i, o: out.append(o))
     try:
         model.transformer(input_ids=seq)
     finally:
         hook.remove()
-    branch = out[0][:, t * h * w :]
-    return branch.reshape(branch.size(0), t, h * w, -1).float().mean(dim=2)
+    return gpt.pool_next_clip(out[0], latent_shape)
 
 
 @contextlib.contextmanager

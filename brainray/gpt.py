@@ -177,11 +177,15 @@ def clip_features(
 
     seq: (B, 2T) codes. Returns (B, T', C): one feature vector per latent time step.
     """
-    t, h, w = latent_shape
-    T = t * h * w
     out = model.transformer(input_ids=seq, output_hidden_states=True)
-    hidden = out.hidden_states[layer][:, T:]  # (B, T, C)
-    return hidden.reshape(hidden.size(0), t, h * w, -1).float().mean(dim=2)  # (B, T', C)
+    return pool_next_clip(out.hidden_states[layer], latent_shape)
+
+
+def pool_next_clip(hidden: torch.Tensor, latent_shape: tuple[int, int, int]) -> torch.Tensor:
+    """(B, 2T, C) activations -> (B, T', C): the next clip's positions, averaged over space."""
+    t, h, w = latent_shape
+    nxt = hidden[:, t * h * w :]
+    return nxt.reshape(nxt.size(0), t, h * w, -1).float().mean(dim=2)
 
 
 # Dense peak throughput per device and dtype, in FLOP/s (vendor datasheets, no sparsity).
