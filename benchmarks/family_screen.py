@@ -164,8 +164,11 @@ def measure(storage: Path, preset: str) -> dict:
     at = {w: next(m for m in trained if meta[m]["n_embd"] == w and meta[m]["data_frames"] == most
                   and all(meta[m][k] == ref[k] for k in ("n_layer", "n_head", "dtype", "seed"))) for w in widths}
     out = {"models": meta, "sets": {}}
-    for set_name in dict.fromkeys(c[0] for c in columns):
-        cols = [j for j, c in enumerate(columns) if c[0] == set_name]
+    sets = {name: [j for j, c in enumerate(columns) if c[0] == name] for name in dict.fromkeys(c[0] for c in columns)}
+    demo_cols = sets["demo families"]
+    for family in dict.fromkeys(simbrain.feature_type(columns[j][1]) for j in demo_cols):  # and each family alone
+        sets[f"demo: {family}"] = [j for j in demo_cols if simbrain.feature_type(columns[j][1]) == family]
+    for set_name, cols in sets.items():
         m = {k: float(np.mean(v[cols])) for k, v in r.items()}
         untrained = {w: float(np.mean([m[k] for k, v in meta.items() if not v["trained"] and v.get("n_embd") == w]))
                      for w in widths}

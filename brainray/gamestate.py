@@ -38,7 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "ANTICIPATION_VARIABLES", "GAMES", "OBJECT_VARIABLES", "STATE_MOMENTS", "Tracker", "anticipation", "object_state",
+    "ANTICIPATION_VARIABLES", "FAST_MOMENTS", "FAST_VARIABLES", "GAMES", "OBJECT_VARIABLES", "STATE_MOMENTS", "Tracker",
+    "anticipation", "fast_signals", "object_state",
 ]
 
 #: The games whose screens this detector reads.
@@ -58,6 +59,18 @@ STATE_MOMENTS = {
     "n_shots": (1.07, 1.34), "n_bullets": (12.1, 6.07), "enemy_y": (0.153, 0.174), "threat": (0.104, 0.148),
     "aim": (0.0279, 0.103), "reward_ahead": (0.325, 0.468), "loss_ahead": (0.322, 0.467),
 }
+
+#: The game's fast events: the ship's velocity, the player firing, an enemy firing, an enemy
+#: destroyed (reward), an enemy appearing. Each lasts a few frames, far shorter than a TR.
+FAST_VARIABLES = ("move", "fire", "enemy_fire", "hit", "spawn")
+#: Mean and standard deviation of each of :data:`FAST_VARIABLES` (after the 0.25 s box of
+#: :func:`fast_signals`) over the game frames of the demo's stimulus runs: a fixed scale, as for
+#: :data:`STATE_MOMENTS`. Measured over the 107,279 game frames of the demo's 8 stimulus runs, 2026-12-04
+#: (the scripted agent fires nearly all the time; enemies fire, die and appear in 11-19 % of frames).
+FAST_MOMENTS = {
+    "move": (-0.00515, 0.449), "fire": (22.6, 14.0), "enemy_fire": (0.652, 1.91), "hit": (0.45, 1.34), "spawn": (1.0, 2.29),
+}
+_FAST_BOX = 0.25  # s: the window over which a fast event is counted
 
 _NATIVE = (224, 320)  # Genesis frame
 _HUD_ROWS = 6  # half-resolution rows of the score line at the top
@@ -192,3 +205,46 @@ def _ahead(events: np.ndarray, window: int) -> np.ndarray:
     t = np.arange(len(events))
     count = c[np.minimum(t + 1, len(events))] - c[np.minimum(t + 1 + window, len(events))]
     return (count > 0).astype(np.float32)
+
+
+def fast_signals(
+    state: np.ndarray, rewards: np.ndarray, fps: float = 60.0, in_game: np.ndarray | None = None
+) -> np.ndarray:
+    """The game's fast events per frame, each counted over a 0.25 s box: (n, len(FAST_VARIABLES)).
+
+    ``move``: the ship's velocity (screen widths per second); ``fire``, ``enemy_fire``,
+    ``spawn``: how many of the player's shots, enemy shots and enemy ships appeared;
+    ``hit``: rewards (enemies destroyed). A change between two frames counts only when both
+    show a game (``in_game``, default all), so a replay's start or end is no event. These are
+    events of the frame rate, not of the TR: their conjunctions (``simbrain``'s ``fast``
+    parcels) are what the pixels' slow statistics at the TR do not carry.
+    """
+    state = np.asarray(state, np.float64)
+    rewards = np.asarray(rewards, np.float64)
+    if state.ndim != 2 or state.shape[1] != len(OBJECT_VARIABLES) or len(rewards) != len(state):
+        raise ValueError(
+            f"fast_signals needs state (n, {len(OBJECT_VARIABLES)}) and rewards (n,); got "
+            f"{state.shape} and {rewards.shape}."
+        )
+    game = np.ones(len(state), bool) if in_game is None else np.asarray(in_game, bool)
+    both = np.zeros(len(state), bool)
+    both[1:] = game[1:] & game[:-1]
+    col = {v: state[:, j] for j, v in enumerate(OBJECT_VARIABLES)}
+
+    def change(x: np.ndarray) -> np.ndarray:
+        d = np.zeros(len(x))
+        d[1:] = np.diff(x)
+        return d * both
+
+    present = both & (col["ship_present"] > 0) & (np.r_[0.0, col["ship_present"][:-1]] > 0)
+    per_frame = np.stack([  # rates: per second
+        change(col["ship_x"]) * present,
+        np.maximum(change(col["n_bullets"]), 0),
+        np.maximum(change(col["n_shots"]), 0),
+        (rewards > 0) * game,
+        np.maximum(change(col["n_enemies"]), 0),
+    ], axis=1) * fps
+    width = max(1, int(round(_FAST_BOX * fps)))
+    box = np.ones(width) / width  # the mean rate over the window
+    out = np.stack([np.convolve(per_frame[:, j], box, mode="same") for j in range(per_frame.shape[1])], axis=1)
+    return (out * game[:, None]).astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 from scipy.signal import lfilter
 from sklearn.linear_model import RidgeCV
 
-from brainray import gamestate
+from brainray import gamestate, simbrain
 from brainray.simbrain import (
     GAME_FRACTIONS,
     PARCEL_TYPES,
@@ -314,7 +314,7 @@ def test_make_parcels_counts_and_reproducible():
     cfg = SimBrainConfig(n_parcels=10)
     parcels = make_parcels("sub-01", names, cfg)
     kinds = [p.kind for p in parcels]
-    assert [kinds.count(k) for k in PARCEL_TYPES] == [4, 2, 2, 0, 0, 0, 0, 2]  # no game-state types by default
+    assert [kinds.count(k) for k in PARCEL_TYPES] == [4, 2, 2, 0, 0, 0, 0, 0, 2]  # no game-state types by default
     assert len({p.label for p in parcels}) == 10
     for p in parcels:
         assert all(feature_type(f) == p.kind for f in p.features)
@@ -510,7 +510,35 @@ def test_state_families_are_drawn_from_the_state(state_subject):
         assert all(feature_type(f) == p.kind for f in p.features)
         if p.kind in STATE_TYPES:
             names = set(gamestate.OBJECT_VARIABLES) | set(gamestate.ANTICIPATION_VARIABLES)
-            assert set(p.features) <= names | {f"mixed-{k}" for k in range(16)}
+            fast = {f"fast-{a}.{b}" for i, a in enumerate(gamestate.FAST_VARIABLES) for b in gamestate.FAST_VARIABLES[i + 1:]}
+            assert set(p.features) <= names | {f"mixed-{k}" for k in range(16)} | fast
+
+
+def test_fast_units_are_conjunctions_of_the_game_s_events():
+    """A fast unit fires on the coincidence of two events within 0.25 s, not on either alone, and
+    a replay's start or end on the timeline is no event."""
+    n, fps = 600, 60.0
+    state = np.zeros((n, len(gamestate.OBJECT_VARIABLES)), np.float32)
+    col = {v: j for j, v in enumerate(gamestate.OBJECT_VARIABLES)}
+    state[:, col["ship_present"]] = 1
+    state[:, col["n_bullets"]] = 3  # already on screen when the replay starts: no firing event
+    state[100:, col["n_bullets"]] = 4  # the player fires at frame 100 ...
+    rewards = np.zeros(n, np.float32)
+    rewards[104] = 1  # ... and hits 4 frames later
+    state[400:, col["n_enemies"]] = 1  # an enemy appears at 400, with no shot near it
+    fast = gamestate.fast_signals(state, rewards, fps)
+    ev = {v: fast[:, j] for j, v in enumerate(gamestate.FAST_VARIABLES)}
+    assert ev["fire"][:90].max() == 0 and ev["fire"][100] == pytest.approx(4.0)  # 1 event per 0.25 s
+    assert ev["spawn"][400] > 0 and ev["move"].max() == 0
+    units = simbrain._fast_features(fast, np.ones(n, bool))
+    assert len(units) == 10 and set(map(feature_type, units)) == {"fast"}
+    mean = {v: m for v, (m, _) in gamestate.FAST_MOMENTS.items()}
+    peak = units["fast-fire.hit"]
+    assert np.argmax(peak) in range(95, 110)  # the coincidence
+    centred = (ev["fire"] - mean["fire"]) * (ev["hit"] - mean["hit"])
+    np.testing.assert_allclose(peak, centred / (gamestate.FAST_MOMENTS["fire"][1] * gamestate.FAST_MOMENTS["hit"][1]), rtol=1e-5, atol=1e-6)
+    off = np.zeros(n, bool)
+    assert all(np.all(u == 0) for u in simbrain._fast_features(fast, off).values())  # at rest on a blank screen
 
 
 def test_mixed_units_are_rectified_random_mixtures_of_the_state(state_runs):
