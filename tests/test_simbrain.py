@@ -515,8 +515,8 @@ def test_state_families_are_drawn_from_the_state(state_subject):
 
 
 def test_fast_units_are_conjunctions_of_the_game_s_events():
-    """A fast unit fires on the coincidence of two events within 0.25 s, not on either alone, and
-    a replay's start or end on the timeline is no event."""
+    """A fast unit is the product of two standardized event rates: it carries their coincidence
+    within 0.25 s, which no linear function of either carries; a replay's start is no event."""
     n, fps = 600, 60.0
     state = np.zeros((n, len(gamestate.OBJECT_VARIABLES)), np.float32)
     col = {v: j for j, v in enumerate(gamestate.OBJECT_VARIABLES)}
@@ -532,11 +532,17 @@ def test_fast_units_are_conjunctions_of_the_game_s_events():
     assert ev["spawn"][400] > 0 and ev["move"].max() == 0
     units = simbrain._fast_features(fast, np.ones(n, bool))
     assert len(units) == 10 and set(map(feature_type, units)) == {"fast"}
-    mean = {v: m for v, (m, _) in gamestate.FAST_MOMENTS.items()}
-    peak = units["fast-fire.hit"]
-    assert np.argmax(peak) in range(95, 110)  # the coincidence
-    centred = (ev["fire"] - mean["fire"]) * (ev["hit"] - mean["hit"])
-    np.testing.assert_allclose(peak, centred / (gamestate.FAST_MOMENTS["fire"][1] * gamestate.FAST_MOMENTS["hit"][1]), rtol=1e-5, atol=1e-6)
+    (ma, sa), (mb, sb) = gamestate.FAST_MOMENTS["fire"], gamestate.FAST_MOMENTS["hit"]
+    unit = units["fast-fire.hit"]
+    np.testing.assert_allclose(unit, (ev["fire"] - ma) / sa * (ev["hit"] - mb) / sb, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(0)  # random events at the game's rates: their coincidences are no linear function
+    many = np.repeat(state[:1], 6000, axis=0)
+    many[:, col["n_bullets"]] = np.cumsum(rng.random(6000) < 22.6 / fps)
+    ev = gamestate.fast_signals(many, (rng.random(6000) < 0.45 / fps).astype(np.float32), fps)
+    unit = simbrain._fast_features(ev, np.ones(6000, bool))["fast-fire.hit"]
+    x = np.c_[ev[:, 1], ev[:, 3], np.ones(6000)]
+    resid = unit - x @ np.linalg.lstsq(x, unit, rcond=None)[0]
+    assert resid.var() > 0.2 * unit.var()
     off = np.zeros(n, bool)
     assert all(np.all(u == 0) for u in simbrain._fast_features(fast, off).values())  # at rest on a blank screen
 
