@@ -5,7 +5,9 @@ as a ``.bk2`` movie: a zip of the button presses (``Input Log.txt``), a header
 (``Header.txt``) and the emulator state at the start (``Core.bin``). Frames are never
 stored by this stage; they are made again, bit for bit, by replaying the movie in the
 emulator. CNeuroMod's shinobi gamelogs and the plays recorded here (:func:`record_play`)
-go through the same :func:`replay`.
+go through the same :func:`replay`. :func:`record_replay` records a play and returns its
+replay from the same emulator pass (the emulator is deterministic), for plays whose frames
+are needed at once.
 
 The replay follows stable-retro's ``scripts/playback_movie.py``:
 
@@ -48,6 +50,7 @@ __all__ = [
     "Replay",
     "make_env",
     "record_play",
+    "record_replay",
     "replay",
     "replay_bk2",
     "resolve_game",
@@ -295,17 +298,38 @@ def iter_replay(
                 obs, rew, _, _, _ = env.step(actions[j])
                 rewards[j] = np.sum(rew)
                 native[j] = obs
-            if size is None:
-                frames = native
-            else:
-                from brainray.video import resize_frames
-
-                frames = resize_frames(native if k else obs[None], size)[:k]
-            observed = None if observe is None else np.asarray(observe(native))
-            yield Replay(frames=frames, actions=actions, rewards=rewards, buttons=buttons, game=name, observed=observed)
+            yield _piece(native, actions, rewards, buttons, name, size, observe, obs)
     finally:
         env.close()
         movie.close()
+
+
+def _piece(
+    native: np.ndarray, actions: np.ndarray, rewards: np.ndarray, buttons: list[str], game: str,
+    size: int | tuple[int, int] | None, observe: Callable[[np.ndarray], np.ndarray] | None, last: np.ndarray,
+) -> Replay:
+    """One chunk of a stream as a :class:`Replay`: its native frames resized to ``size`` and
+    ``observe``\ d (``last``: the latest screen, which gives an empty chunk its frame shape)."""
+    if size is None:
+        frames = native
+    else:
+        from brainray.video import resize_frames
+
+        frames = resize_frames(native if len(native) else last[None], size)[: len(native)]
+    observed = None if observe is None else np.asarray(observe(native))
+    return Replay(frames=frames, actions=actions, rewards=rewards, buttons=buttons, game=game, observed=observed)
+
+
+def _concat(pieces: list[Replay]) -> Replay:
+    """The pieces of one stream, in order, as one :class:`Replay`."""
+    observed = [p.observed for p in pieces if p.observed is not None]
+    return Replay(
+        frames=np.concatenate([p.frames for p in pieces]),
+        actions=np.concatenate([p.actions for p in pieces]),
+        rewards=np.concatenate([p.rewards for p in pieces]),
+        buttons=pieces[0].buttons, game=pieces[0].game,
+        observed=np.concatenate(observed) if observed else None,
+    )
 
 
 def replay(
@@ -348,15 +372,52 @@ def replay(
     ValueError
         If the file is not a readable bk2 (not a zip, truncated, entries missing).
     """
-    pieces = list(iter_replay(path, game, size=size, observe=observe))
-    observed = [p.observed for p in pieces if p.observed is not None]
-    return Replay(
-        frames=np.concatenate([p.frames for p in pieces]),
-        actions=np.concatenate([p.actions for p in pieces]),
-        rewards=np.concatenate([p.rewards for p in pieces]),
-        buttons=pieces[0].buttons, game=pieces[0].game,
-        observed=np.concatenate(observed) if observed else None,
-    )
+    return _concat(list(iter_replay(path, game, size=size, observe=observe)))
+
+
+def record_replay(
+    path: str | os.PathLike,
+    n_frames: int,
+    seed: int = 0,
+    game: str = DEFAULT_GAME,
+    policy: str = "scripted",
+    *,
+    size: int | tuple[int, int] | None = None,
+    observe: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Replay:
+    """Record a play as :func:`record_play` does and return ``replay(path, size=size,
+    observe=observe)`` from the same emulator pass.
+
+    The emulator is deterministic, so the screens seen while recording are the replay's, bit for
+    bit (``tests/test_gameplay.py`` checks it): a stimulus play need not be emulated twice, which
+    saves about 40 % of its cost. Native frames are held one chunk at a time, as in a replay.
+    """
+    pieces: list[Replay] = []
+    native: list[np.ndarray] = []
+    steps: list[tuple[np.ndarray, float]] = []
+    meta: dict = {}
+
+    def flush() -> None:
+        actions = np.array([a for a, _ in steps], bool).reshape(len(steps), len(meta["buttons"]))
+        rewards = np.array([r for _, r in steps], np.float32)
+        stack = np.stack(native) if native else np.empty((0, *meta["last"].shape), np.uint8)
+        pieces.append(_piece(stack, actions, rewards, meta["buttons"], meta["game"], size, observe, meta["last"]))
+        native.clear()
+        steps.clear()
+
+    def on_step(frame: np.ndarray, step, buttons: list[str], name: str) -> None:
+        meta.update(buttons=buttons, game=name, last=frame)
+        if step is None:
+            return
+        native.append(frame.copy())
+        steps.append(step)
+        if len(native) == _CHUNK:
+            flush()
+
+    record_play(path, n_frames, seed=seed, game=game, policy=policy, on_step=on_step)
+    if native or not pieces:
+        flush()
+    return _concat(pieces)
 
 
 def replay_bk2(path: str | os.PathLike, game: str | None = None) -> np.ndarray:
@@ -472,6 +533,7 @@ def record_play(
     policy: str = "scripted",
     *,
     on_frame: Callable[[np.ndarray], None] | None = None,
+    on_step: Callable | None = None,
 ) -> Path:
     """Play a game with a policy and record the play as a ``.bk2`` movie.
 
@@ -502,6 +564,10 @@ def record_play(
     on_frame : callable or None, default=None
         Called with each frame, array of shape (height, width, 3), as it is
         recorded; e.g. to hash or store the frames.
+    on_step : callable or None, default=None
+        Called as ``on_step(frame, step, buttons, game)``: first with ``step=None`` and the
+        screen after reset, then after each step with ``step = (buttons held, reward)``.
+        :func:`record_replay` builds the replay from it.
 
     Returns
     -------
@@ -533,13 +599,19 @@ def record_play(
         )
     env = make_env(name, state)
     try:
-        act = _make_policy(policy, list(env.buttons), seed)
+        buttons = list(env.buttons)
+        act = _make_policy(policy, buttons, seed)
         env.record_movie(str(tmp))
         obs, _ = env.reset()  # writes input line 0, as replay() expects
+        if on_step is not None:
+            on_step(obs, None, buttons, name)  # the screen before the first step
         for t in range(int(n_frames)):
-            obs, _, terminated, truncated, _ = env.step(act(t, obs))
+            action = act(t, obs)
+            obs, rew, terminated, truncated, _ = env.step(action)
             if on_frame is not None:
                 on_frame(obs)
+            if on_step is not None:
+                on_step(obs, (np.asarray(action, bool), float(np.sum(rew))), buttons, name)
             if terminated or truncated:
                 break
         env.stop_record()  # writes the zip

@@ -95,23 +95,24 @@ def _cached(root: Path, log: Log) -> Dataset | None:
 
 
 def _record(args: tuple[str, int, int, str, str, int, bool]) -> dict[str, Any]:
-    """Record one play as a bk2 (one task). A stimulus play (``stimulus``) is also replayed and
-    its resized frames stored, with its actions, rewards and, where ``brainray.gamestate`` reads
-    the game, the object state read from the native frames while replaying: the simulated brain
-    is made from them. A training play keeps only its bk2; its frames are regenerated from it.
+    """Record one play as a bk2 (one task). A stimulus play (``stimulus``) also stores its resized
+    frames, with its actions, rewards and, where ``brainray.gamestate`` reads the game, the object
+    state read from the native frames, all from the recording's own pass (``gameplay.record_replay``:
+    what a replay of the bk2 gives, bit for bit): the simulated brain is made from them. A training play keeps only its bk2; its frames are regenerated from it.
     """
     root, seed, n_frames, game, policy, size, stimulus = args
     root_p = Path(root)
     name = f"play-{seed:04d}"
-    bk2 = gameplay.record_play(root_p / "replays" / f"{name}.bk2", n_frames, seed=seed, game=game, policy=policy)
-    entry = {"name": name, "n_frames": gameplay.count_frames(bk2), "bk2": f"replays/{name}.bk2"}
+    bk2 = root_p / "replays" / f"{name}.bk2"
     if stimulus:
         observe = gamestate.Tracker() if game in gamestate.GAMES else None
-        rep = gameplay.replay(bk2, size=size, observe=observe)  # resized while replaying
+        rep = gameplay.record_replay(bk2, n_frames, seed=seed, game=game, policy=policy, size=size, observe=observe)
         video.FrameStore(root_p / "frames").write(name, rep.frames)
         extra = {} if rep.observed is None else {"state": rep.observed}
         np.savez(root_p / "actions" / f"{name}.npz", actions=rep.actions, rewards=rep.rewards, **extra)
-    return entry
+    else:
+        gameplay.record_play(bk2, n_frames, seed=seed, game=game, policy=policy)
+    return {"name": name, "n_frames": gameplay.count_frames(bk2), "bk2": f"replays/{name}.bk2"}
 
 
 def prepare(

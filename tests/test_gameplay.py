@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import stable_retro
 
-from brainray import gameplay
+from brainray import gameplay, gamestate
 from brainray.gameplay import (
     DEFAULT_GAME,
     Replay,
     make_env,
     record_play,
+    record_replay,
     replay,
     replay_bk2,
     resolve_game,
@@ -213,6 +214,18 @@ def test_record_play_replays_exactly(tmp_path, policy):
         fire = rep.actions[:, b.index("B")]
         assert 0.4 < fire.mean() < 0.6  # tapped: held 4 of every 8 frames
         assert rep.rewards.sum() > 0  # it hits enemies within 10 s
+
+
+def test_record_replay_is_the_replay_of_its_recording(tmp_path):
+    """A stimulus play is emulated once: what record_replay returns while recording is what a
+    replay of the written bk2 gives, frames (resized), buttons, rewards and the observed state."""
+    got = record_replay(tmp_path / "p.bk2", 700, seed=5, size=32, observe=gamestate.Tracker())
+    again = replay(tmp_path / "p.bk2", size=32, observe=gamestate.Tracker())
+    assert len(got) == len(again) == 700 and got.frames.shape[1:] == (32, 32, 3)
+    for field in ("frames", "actions", "rewards", "observed"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(again, field), err_msg=field)
+    assert got.buttons == again.buttons and got.game == again.game
+    assert got.rewards.sum() > 0 and got.observed[:, 1].any()  # it played: hits, a ship on screen
 
 
 def test_record_play_seed_changes_play(tmp_path):
