@@ -13,11 +13,12 @@ model), read without noise by the ridge and leave-one-run-out split of ``trial.s
 Candidate sets, beside the demo's own driver features:
 
 - ``tuned``: Gaussian tuning curves (0.4 sd wide) on six state variables, centred at -1, 0, 1, 2 sd;
-- ``fast products``: products of fast signals (ship velocity, firing, enemy firing, reward,
-  enemy spawns), each z-scored at frame rate after a 0.25 s box filter: conjunctions that the
-  TR average does not carry;
 - ``sparse``: 12 rectified random mixtures of the standardized state with a threshold of 2 sd
   (``mixed`` uses 0.5), active a few per cent of the time.
+
+Each demo family is also reported alone (``demo: <family>``). The products of fast events that
+this screen found to separate models most on an 8x8 latent grid are now the demo's ``fast``
+family.
 
     python benchmarks/family_screen.py --storage results/brain_sensitivity   # ~5 min on 2 cores
     python benchmarks/family_screen.py --storage results/brain_sensitivity --readout mlp
@@ -118,26 +119,18 @@ def _candidates(ds) -> dict[str, dict[str, np.ndarray]]:
     tr = float(ds.manifest["tr"])
     variables, moments = gamestate.OBJECT_VARIABLES, gamestate.STATE_MOMENTS
     mix = np.random.default_rng(1).standard_normal((len(variables), 12)) / math.sqrt(3)
-    box = np.ones(15) / 15  # 0.25 s at 60 Hz
-    sets: dict[str, list[dict[str, np.ndarray]]] = {"tuned": [], "fast products": [], "sparse": []}
+    sets: dict[str, list[dict[str, np.ndarray]]] = {"tuned": [], "sparse": []}
     for run in ds.manifest["runs"]:
         stim = run_stimulus(ds.root, run, run["n_vols"], tr)
-        timeline, _, rewards, state = simbrain._place(stim.frames, stim.actions, stim.rewards, stim.onsets, stim, stim.state)
+        timeline, _, _, state = simbrain._place(stim.frames, stim.actions, stim.rewards, stim.onsets, stim, stim.state)
         game = timeline.in_game()
         s = {v: state[:, j].astype(np.float64) for j, v in enumerate(variables)}
         z = {v: (s[v] - moments[v][0]) / moments[v][1] for v in variables}
         tuned = {f"{v} @ {c:+.0f} sd": np.exp(-0.5 * ((z[v] - c) / 0.4) ** 2) * game
                  for v in ("ship_x", "n_enemies", "n_shots", "n_bullets", "enemy_y", "threat") for c in (-1, 0, 1, 2)}
-        onsets = lambda x: np.maximum(np.diff(x, prepend=x[0]), 0)  # noqa: E731
-        fast = {"velocity": np.gradient(s["ship_x"]) * FPS, "fire": onsets(s["n_bullets"]), "enemy fire": onsets(s["n_shots"]),
-                "reward": (rewards > 0).astype(np.float64), "spawn": onsets(s["n_enemies"])}
-        fast = {k: np.convolve(v, box, mode="same") for k, v in fast.items()}
-        fast = {k: (v - v[game].mean()) / (v[game].std() + 1e-12) for k, v in fast.items()}
-        keys = list(fast)
-        products = {f"{a} x {b}": fast[a] * fast[b] * game for i, a in enumerate(keys) for b in keys[i + 1:]}
         units = np.maximum(np.stack([z[v] for v in variables], 1) @ mix - 2.0, 0) * game[:, None]
         sparse = {f"sparse-{k}": units[:, k] for k in range(units.shape[1])}
-        for name, feats in (("tuned", tuned), ("fast products", products), ("sparse", sparse)):
+        for name, feats in (("tuned", tuned), ("sparse", sparse)):
             sets[name].append(simbrain.hrf_features(feats, run["n_vols"], tr, FPS))
     return {name: {k: np.concatenate([r[k] for r in runs]) for k in runs[0]} for name, runs in sets.items()}
 
