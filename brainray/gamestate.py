@@ -173,6 +173,18 @@ class Tracker:
         return out
 
 
+def _streams(who: str, state, rewards, in_game, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``state`` (n, len(OBJECT_VARIABLES)) and ``rewards`` (n,) as ``dtype``, checked, and the
+    game mask (all frames by default)."""
+    state = np.asarray(state, dtype)
+    rewards = np.asarray(rewards, dtype)
+    if state.ndim != 2 or state.shape[1] != len(OBJECT_VARIABLES) or len(rewards) != len(state):
+        raise ValueError(
+            f"{who} needs state (n, {len(OBJECT_VARIABLES)}) and rewards (n,); got {state.shape} and {rewards.shape}."
+        )
+    return state, rewards, np.ones(len(state), bool) if in_game is None else np.asarray(in_game, bool)
+
+
 def anticipation(
     state: np.ndarray, rewards: np.ndarray, fps: float = 60.0, in_game: np.ndarray | None = None
 ) -> np.ndarray:
@@ -184,14 +196,7 @@ def anticipation(
     the current frame cannot. ``in_game`` (n,) marks the frames with a game on the screen
     (default: all): both are 0 elsewhere, and a replay that ends is not a ship lost.
     """
-    state = np.asarray(state, np.float32)
-    rewards = np.asarray(rewards, np.float32)
-    if state.ndim != 2 or state.shape[1] != len(OBJECT_VARIABLES) or len(rewards) != len(state):
-        raise ValueError(
-            f"anticipation needs state (n, {len(OBJECT_VARIABLES)}) and rewards (n,); got "
-            f"{state.shape} and {rewards.shape}."
-        )
-    game = np.ones(len(state), bool) if in_game is None else np.asarray(in_game, bool)
+    state, rewards, game = _streams("anticipation", state, rewards, in_game, np.float32)
     present = state[:, OBJECT_VARIABLES.index("ship_present")]
     lost = np.zeros(len(state), np.float32)
     lost[1:] = (present[:-1] > 0) & (present[1:] == 0) & game[1:]
@@ -219,14 +224,7 @@ def fast_signals(
     events of the frame rate, not of the TR: their conjunctions (``simbrain``'s ``fast``
     parcels) are what the pixels' slow statistics at the TR do not carry.
     """
-    state = np.asarray(state, np.float64)
-    rewards = np.asarray(rewards, np.float64)
-    if state.ndim != 2 or state.shape[1] != len(OBJECT_VARIABLES) or len(rewards) != len(state):
-        raise ValueError(
-            f"fast_signals needs state (n, {len(OBJECT_VARIABLES)}) and rewards (n,); got "
-            f"{state.shape} and {rewards.shape}."
-        )
-    game = np.ones(len(state), bool) if in_game is None else np.asarray(in_game, bool)
+    state, rewards, game = _streams("fast_signals", state, rewards, in_game, np.float64)
     both = np.zeros(len(state), bool)
     both[1:] = game[1:] & game[:-1]
     col = {v: state[:, j] for j, v in enumerate(OBJECT_VARIABLES)}
