@@ -98,6 +98,7 @@ def pixel_share(dataset: Path) -> dict[str, float]:
     runs = [simbrain.run_tr_features(run_stimulus(ds.root, r, r["n_vols"], cfg.tr), cfg) for r in ds.manifest["runs"]]
     pixel = [k for k in runs[0] if simbrain.feature_type(k) in ("visual", "predictive") and k != "event"]
     state = [*gamestate.OBJECT_VARIABLES, *gamestate.ANTICIPATION_VARIABLES]
+    state += [k for k in runs[0] if simbrain.feature_type(k) == "fast"]  # the event conjunctions
     X = [np.c_[np.stack([r[k] for k in pixel], 1), np.ones(len(r[pixel[0]]))] for r in runs]
     out = {}
     for v in state:
