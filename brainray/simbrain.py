@@ -2,13 +2,16 @@
 
 The embedded default dataset has real emulator video but no real fMRI, so this module
 makes parcel time series whose generating process, and hence noise ceiling, is known
-exactly. Each parcel is one of four types:
+exactly. Each parcel belongs to one family (:data:`PARCEL_TYPES`):
 
 - ``visual``: luminance, RMS contrast or motion energy in one receptive field (a cell of a
   ``grid`` x ``grid`` partition of the screen);
 - ``predictive``: frame-to-frame surprise in a receptive field (the error of a linear
   extrapolation of the next frame from the previous two) or game events (reward > 0);
 - ``motor``: presses of one button;
+- with the game's state (:mod:`brainray.gamestate`, :data:`STATE_TYPES`): ``object``,
+  ``relation`` and ``anticipation`` (its variables), ``mixed`` (rectified random mixtures of
+  them) and ``fast`` (products of two of its frame-rate events);
 - ``none``: noise only.
 
 A parcel responds to one feature or a small random positive mix of up to three features of
