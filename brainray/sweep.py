@@ -491,7 +491,10 @@ def _run_trials(
                 name=name,
                 storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Every checkpoint is kept: Tune deletes the older ones at once but saves its experiment
+                # state on a throttle, so a driver killed in between resumed a trial from a deleted
+                # checkpoint and lost it (ray-project/ray#27790; tests/test_reuse.py caught it).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 callbacks=callbacks,
                 progress_reporter=reporter,
                 verbose=1,
