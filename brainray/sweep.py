@@ -37,8 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune import ExperimentAnalysis
 
 from brainray import live, locks, parcels, reaper, triallog
 from brainray import extrapolate as xp
@@ -48,8 +50,11 @@ from brainray.config import SEARCHES, SearchSpace, SweepSpec, check_address, che
 from brainray.dataset import load_dataset
 from brainray.triallog import EXPERIMENT
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "run_sweep", "SweepInterrupted", "trial_resources", "check_resources", "TrialLogCallback", "TensorBoardCallback",
+    "CheckpointPruner",
     "SEARCHES", "REUSE_WAIT",
 ]
 
@@ -226,6 +231,63 @@ class TrialLogCallback(tune.Callback):
 
     def _close(self, trial, status: str, error: str | None) -> None:
         self.recorder.close(trial.trial_id, trial.config, trial.last_result or {}, status, error, trial.num_failures)
+
+
+class CheckpointPruner(tune.Callback):
+    """Deletes each trial's checkpoints older than the one Tune's saved experiment state names.
+
+    Tune's own ``num_to_keep`` deletes the older checkpoint as soon as a new one registers, but
+    saves its experiment state on a throttle: a driver killed in between resumed a trial from a
+    deleted checkpoint, and lost it (ray-project/ray#27790). A resume reads the state file on
+    storage, so the checkpoint that file names, and every later one, is kept; the older ones
+    can never be asked for again. Disk stays bounded by the checkpoints a trial makes between
+    two state saves. Best effort: a state file caught mid-write is read at the next checkpoint.
+    """
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self.deleted = 0
+        self._read: tuple | None = None  # (name, mtime, size) of the state file last pruned against
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.prune()
+
+    def prune(self) -> int:
+        """Delete what the saved state can no longer resume from; the number of checkpoints deleted."""
+        fs, path = triallog.filesystem(self.experiment)
+        states = [f for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                  if f.base_name.startswith("experiment_state-") and f.base_name.endswith(".json")]
+        if not states:
+            return 0
+        state = max(states, key=lambda f: f.base_name)  # the newest session's, the one a resume reads
+        key = (state.base_name, state.mtime_ns, state.size)
+        if key == self._read:
+            return 0
+        quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level, quiet.level = quiet.level, logging.ERROR  # trials with no results yet are no news
+        try:
+            saved = ExperimentAnalysis(state.path, storage_filesystem=fs).trials
+        except Exception as err:  # caught mid-write: keeping files is always safe
+            logger.debug("checkpoint pruning skipped, %s unreadable: %s", state.path, err)
+            return 0
+        finally:
+            quiet.setLevel(level)
+        self._read, n = key, 0
+        for t in saved:
+            if t.checkpoint is not None:
+                n += _delete_older(fs, t.storage.trial_fs_path, os.path.basename(t.checkpoint.path))
+        self.deleted += n
+        return n
+
+
+def _delete_older(fs, trial_dir: str, named: str) -> int:
+    """Delete the ``checkpoint_<i>`` folders in ``trial_dir`` older than ``named``."""
+    older = [f for f in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+             if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
+             and f.base_name < named]  # zero-padded, so names sort as their indices
+    for f in older:
+        fs.delete_dir(f.path)
+    return len(older)
 
 
 def _error_text(trial) -> str:
@@ -453,7 +515,8 @@ def _run_trials(
     report = live.LiveReport(root, log=log)
     trial_log = TrialLogCallback(triallog.TrialRecorder(root, spec.name, on_row=report.refresh))
     tensorboard = triallog.Staged(root, "tensorboard")
-    callbacks = [trial_log, TensorBoardCallback(tensorboard)]
+    pruner = CheckpointPruner(experiment)
+    callbacks = [trial_log, TensorBoardCallback(tensorboard), pruner]
     # No "Current best trial" line: TuneConfig names no metric (in a scaling sweep the lowest loss
     # is simply the largest model); the Optuna searcher carries its own.
     reporter = tune.CLIReporter(
@@ -491,9 +554,8 @@ def _run_trials(
                 name=name,
                 storage_path=storage_path,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                # Every checkpoint is kept: Tune deletes the older ones at once but saves its experiment
-                # state on a throttle, so a driver killed in between resumed a trial from a deleted
-                # checkpoint and lost it (ray-project/ray#27790; tests/test_reuse.py caught it).
+                # Tune deletes nothing; CheckpointPruner deletes what the saved state cannot resume
+                # from (ray-project/ray#27790; tests/test_reuse.py caught Tune's own pruning).
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 callbacks=callbacks,
                 progress_reporter=reporter,
@@ -507,6 +569,7 @@ def _run_trials(
             tuner.fit()
     finally:
         report.close()
+    pruner.prune()  # against the state Tune saved as it stopped
     if trial_log.unfinished:
         raise SweepInterrupted(
             f"the sweep {root} stopped before {len(trial_log.unfinished)} of its trials finished "

@@ -406,9 +406,9 @@ class _Trainer:
     def load(self, folder: str) -> dict[str, Any] | None:
         """Restore the checkpoint in ``folder``; None if it is damaged, and the trial starts over.
 
-        Tune keeps one checkpoint per trial, so a damaged one has no older one to fall back
-        on: the trial restarts from scratch (the same start as a new trial), with a warning
-        naming the file, rather than fail.
+        Tune hands a trial only the checkpoint its saved state names (the older ones are pruned),
+        so a damaged one has no older one to fall back on: the trial restarts from scratch (the
+        same start as a new trial), with a warning naming the file, rather than fail.
         """
         path = os.path.join(folder, CHECKPOINT)
         try:
@@ -430,8 +430,8 @@ class _Trainer:
     def _start_over(self, why: str) -> None:
         """Warn that the trial restarts from scratch, and restart it (a partial restore is undone)."""
         warnings.warn(
-            f"{why}\nThe trial restarts from scratch (step 0): Tune keeps one checkpoint per trial, "
-            "so there is no earlier one to resume from.",
+            f"{why}\nThe trial restarts from scratch (step 0): Tune resumes a trial only from the checkpoint "
+            "its saved state names, so there is no earlier one to resume from.",
             RuntimeWarning, stacklevel=3,
         )
         self._fresh()

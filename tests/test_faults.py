@@ -201,6 +201,71 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, tiny_
         assert (root / "trials" / name).stat().st_mtime_ns == mtime
 
 
+def _saved_checkpoints(root: Path) -> dict[str, int]:
+    """The checkpoint index per trial id that Tune's experiment state on storage names (what a resume reads)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(root / "tune")).trials
+    except Exception:  # not written yet, or caught mid-write
+        return {}
+    return {t.trial_id: int(t.checkpoint.path.rsplit("_", 1)[-1]) for t in trials if t.checkpoint is not None}
+
+
+def _on_disk(root: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for ck in sorted((root / "tune").glob("trainable_*/checkpoint_*")):
+        out.setdefault("_".join(ck.parent.name.split("_")[1:3]), []).append(int(ck.name.split("_")[-1]))
+    return out
+
+
+def test_a_killed_driver_resumes_from_the_checkpoint_its_saved_state_names(tmp_path, tiny_dataset):
+    """Tune saves its experiment state every 4 s here, so a trial makes several checkpoints in
+    between: the driver is killed when the saved state names a checkpoint two older than the
+    trial's newest. Keeping only the newest (Tune's ``num_to_keep=1``) loses that trial; the
+    pruner keeps what the saved state names and deletes only what is older."""
+    epochs = 30
+    spec_path = _write_spec(tmp_path, "lagkill", train={"epochs": epochs}, axes=_long_axes(data_frames=(2400,)),
+                            resources={"max_failures": 0})
+    root = tmp_path / "lagkill"
+    cmd = _scaling_cmd(spec_path, tmp_path, str(tiny_dataset.root.parent))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "4"}
+    first_log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(cmd, stdout=first_log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                             start_new_session=True)
+    try:
+        caught = None
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None and caught is None:
+            saved, disk = _saved_checkpoints(root), _on_disk(root)
+            for trial_id, named in saved.items():
+                have = disk.get(trial_id, [])
+                # Pruned (nothing older than the named one), two or more behind the newest (never
+                # on disk if only the newest is kept, even just before the older one is deleted), mid-run.
+                if named >= 1 and have and have[0] == named and named + 2 <= have[-1] <= epochs - 3:
+                    caught = trial_id, named, have
+            time.sleep(0.2)
+        assert caught, "never caught the saved state behind the newest checkpoint:\n" + \
+            (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        first_log.close()
+    restored = re.findall(r"from checkpoint: .*checkpoint_(\d+)", again.stdout + again.stderr)
+    assert restored and int(restored[0]) >= caught[1], (caught, restored)  # the named one (or a later save's)
+    log = _assert_one_row_per_trial(root, 1)
+    assert (log["status"] == "TERMINATED").all(), log[["trial_id", "status", "error"]]
+    # Bounded: at the end only the checkpoint the final state names is left.
+    trial_id = caught[0]
+    assert _on_disk(root)[trial_id] == [_saved_checkpoints(root)[trial_id]]
+
+
 # -- c. a trial raises: the sweep goes on ------------------------------------------------------
 def test_a_trial_that_raises_is_logged_as_error_and_the_sweep_goes_on(tmp_path, tiny_dataset, ray_cleanup):
     # A real fault: one training replay's token file is cut short in the shared dataset. It still

@@ -190,3 +190,19 @@ def test_extrapolate_runs_the_predicted_optimum_and_its_neighbours_into_the_same
     page = (root / "frontier" / "report.html").read_text()
     assert "Predict, then verify: extrapolation trials" in page and all(t in page for t in new["trial_id"])
     assert all(parcels.read_parcel_scores(root, t) is not None for t in new["trial_id"])
+
+
+def test_checkpoint_pruner_deletes_nothing_it_cannot_read(tmp_path):
+    """No saved state, or one caught mid-write: every checkpoint stays (keeping files is always safe)."""
+    from brainray.sweep import CheckpointPruner
+
+    experiment = tmp_path / "tune"
+    pruner = CheckpointPruner(str(experiment))
+    assert pruner.prune() == 0  # no experiment folder yet
+    trial_dir = experiment / "trainable_abc_00000"
+    for i in range(3):
+        (trial_dir / f"checkpoint_{i:06d}").mkdir(parents=True)
+    assert pruner.prune() == 0  # no state file
+    (experiment / "experiment_state-2026-12-04_22-00-00.json").write_text('{"trial_data": [[')  # half written
+    assert pruner.prune() == 0
+    assert sorted(p.name for p in trial_dir.iterdir()) == [f"checkpoint_{i:06d}" for i in range(3)]
