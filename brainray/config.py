@@ -49,8 +49,8 @@ AXES = ("data_frames", "n_embd", "n_layer", "n_head", "dtype", "seed")
 #: dataset of an older brainray is not reused (2: game-state parcel families, VQ-VAE mean frame;
 #: 3: the streaming prepare, training frames regenerated from their bk2; 4: the mixed family;
 #: 5: the mixed units on the game's fixed state moments, resting on a blank screen; 6: the fast
-#: family, and the demo's new family mix; 7: relation's signed offsets and shots near the ship).
-DATA_VERSION = 7
+#: family, and the demo's new family mix).
+DATA_VERSION = 6
 #: Control trials: "untrained" scores the reference model with its initial weights; "codes"
 #: scores the VQ codes themselves (their share of the screen per step), with no model.
 CONTROLS = ("untrained", "codes")

@@ -26,12 +26,7 @@ Per-frame variables (:data:`OBJECT_VARIABLES`, in this order):
 - ``threat``: closeness of the nearest enemy or enemy shot to the ship,
   ``1 / (1 + d / 32)`` with ``d`` in native pixels; 0 when there is none or no ship;
 - ``aim``: how well the ship lines up under an enemy, ``exp(-|dx| / 16)`` for the nearest
-  enemy column ``dx`` away (native pixels); 0 without enemies or ship;
-- ``enemy_dx``, ``shot_dx``: where the nearest enemy ship and the nearest enemy shot are
-  (Euclidean distance), as the signed column offset from the ship in screen widths, -1 to 1
-  (positive: to the right); 0 when there is none or no ship. A sign is what neither the
-  distance (``threat``) nor the alignment (``aim``) has: which way to dodge;
-- ``shots_near``: enemy shots within 64 native pixels of the ship (the danger zone).
+  enemy column ``dx`` away (native pixels); 0 without enemies or ship.
 
 :func:`anticipation` adds what is about to happen, from the whole stream: a reward (an enemy
 destroyed) within the next second, and the ship lost within the next two seconds.
@@ -43,8 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "ANTICIPATION_VARIABLES", "FAST_MOMENTS", "FAST_VARIABLES", "GAMES", "OBJECT_VARIABLES", "RELATION_VARIABLES",
-    "STATE_MOMENTS", "Tracker",
+    "ANTICIPATION_VARIABLES", "FAST_MOMENTS", "FAST_VARIABLES", "GAMES", "OBJECT_VARIABLES", "STATE_MOMENTS", "Tracker",
     "anticipation", "fast_signals", "object_state",
 ]
 
@@ -53,11 +47,7 @@ GAMES = ("Airstriker-Genesis-v0",)
 
 OBJECT_VARIABLES = (
     "ship_x", "ship_present", "n_enemies", "n_shots", "n_bullets", "enemy_y", "threat", "aim",
-    "enemy_dx", "shot_dx", "shots_near",
 )
-#: The variables that relate the ship to the others (the ``relation`` parcels of
-#: :mod:`brainray.simbrain`); the rest of :data:`OBJECT_VARIABLES` describe one kind of object.
-RELATION_VARIABLES = ("threat", "aim", "enemy_dx", "shot_dx", "shots_near")
 ANTICIPATION_VARIABLES = ("reward_ahead", "loss_ahead")
 #: Mean and standard deviation of every state variable over Airstriker gameplay: the fixed
 #: scale on which the simulated brain's ``mixed`` units read the state, the same in every run
@@ -87,7 +77,6 @@ _HUD_ROWS = 6  # half-resolution rows of the score line at the top
 _SHIP_TOP = 85  # half-resolution row where the ship's band begins (native 170)
 _SHIP_MIN = 40  # half-resolution pixels of the ship sprite (it has about 67)
 _ENEMY_MIN = 12  # half-resolution red pixels of an enemy ship (about 50 in two halves); shots have 2
-_NEAR = 64.0  # native pixels: an enemy shot this close to the ship is in its danger zone
 _MERGE = 2  # dilation steps that join the parts of one sprite (an enemy ship has two red halves)
 _IN_FRAME = np.zeros((3, 3, 3), bool)
 _IN_FRAME[1] = True  # 8-connected within a frame, never across frames
@@ -164,23 +153,10 @@ def object_state(frames: np.ndarray, last_x: float = 0.5) -> np.ndarray:
     dx = 2 * np.abs(ce[:, 1] - ship_rc[fe, 1])
     ok = np.isfinite(dx)
     np.maximum.at(aim, fe[ok], np.exp(-dx[ok] / 16.0))
-    d = 2 * np.sqrt(((cg - ship_rc[fg]) ** 2).sum(1))
-    shots_near = np.bincount(fg[np.isfinite(d) & (d < _NEAR)], minlength=n)
     return np.stack([
         x, present, n_enemies, np.bincount(fg, minlength=n), np.bincount(fb, minlength=n),
-        enemy_y, threat, aim, _nearest_dx(fe, ce, ship_rc, w), _nearest_dx(fg, cg, ship_rc, w), shots_near,
+        enemy_y, threat, aim,
     ], axis=1).astype(np.float32)
-
-
-def _nearest_dx(frame: np.ndarray, rc: np.ndarray, ship_rc: np.ndarray, width: int) -> np.ndarray:
-    """Per frame, the signed column offset from the ship to its nearest blob, in screen widths; 0 if none."""
-    out = np.zeros(len(ship_rc))
-    d = ((rc - ship_rc[frame]) ** 2).sum(1)
-    ok = np.flatnonzero(np.isfinite(d))
-    by = ok[np.lexsort((d[ok], frame[ok]))]  # by frame, nearest first
-    first = by[np.unique(frame[by], return_index=True)[1]]
-    out[frame[first]] = (rc[first, 1] - ship_rc[frame[first], 1]) / (width - 1)
-    return out
 
 
 class Tracker:

@@ -102,8 +102,9 @@ _FEATURE_TYPES = {  # feature name prefix -> parcel type that may use it
     "surprise": "predictive",
     "event": "predictive",
     "button": "motor",
-    **{v: "object" for v in gamestate.OBJECT_VARIABLES if v not in gamestate.RELATION_VARIABLES},
-    **{v: "relation" for v in gamestate.RELATION_VARIABLES},
+    **{v: "object" for v in gamestate.OBJECT_VARIABLES if v not in ("threat", "aim")},
+    "threat": "relation",
+    "aim": "relation",
     **{v: "anticipation" for v in gamestate.ANTICIPATION_VARIABLES},
     "mixed": "mixed",
     "fast": "fast",
@@ -114,12 +115,6 @@ _FEATURE_TYPES = {  # feature name prefix -> parcel type that may use it
 #: is not a linear function of the TR-averaged pixels, unlike the state variables themselves.
 _MIXED_UNITS = 16
 _MIXED_SEED = 497585  # fixed: the same units for every game, subject and seed
-#: What the mixed units read: the state as it was when they were measured (the variables added
-#: since, ``gamestate.RELATION_VARIABLES``' signed offsets, leave them as they were).
-_MIXED_INPUTS = (
-    "ship_x", "ship_present", "n_enemies", "n_shots", "n_bullets", "enemy_y", "threat", "aim",
-    "reward_ahead", "loss_ahead",
-)
 _MIXED_THRESHOLD = 0.5  # in standard deviations of a unit's input: active about 40 % of the time
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0  # ITU-R BT.601, to [0, 1]
 _CHUNK_PIXELS = 2**22  # frames are converted to float in chunks of about this many pixels
@@ -585,10 +580,10 @@ def _mixed_features(x: np.ndarray, in_game: np.ndarray) -> dict[str, np.ndarray]
     every run. Standardizing over each run made one unit's tuning flip in a run that ends on a
     blank screen, and its parcels scored r = -0.5 on every model.
     """
-    columns = gamestate.OBJECT_VARIABLES + gamestate.ANTICIPATION_VARIABLES
-    mean, sd = np.array([gamestate.STATE_MOMENTS[v] for v in _MIXED_INPUTS]).T
-    z = (np.asarray(x, np.float64)[:, [columns.index(v) for v in _MIXED_INPUTS]] - mean) / sd
-    w = np.random.default_rng(_MIXED_SEED).standard_normal((len(_MIXED_INPUTS), _MIXED_UNITS)) / math.sqrt(3)
+    names = gamestate.OBJECT_VARIABLES + gamestate.ANTICIPATION_VARIABLES
+    mean, sd = np.array([gamestate.STATE_MOMENTS[v] for v in names]).T
+    z = (np.asarray(x, np.float64) - mean) / sd
+    w = np.random.default_rng(_MIXED_SEED).standard_normal((len(names), _MIXED_UNITS)) / math.sqrt(3)
     units = np.maximum(z @ w - _MIXED_THRESHOLD, 0.0) * np.asarray(in_game, bool)[:, None]
     return {f"mixed-{k}": units[:, k].astype(np.float32) for k in range(_MIXED_UNITS)}
 
@@ -646,8 +641,7 @@ def stimulus_features(
     - ``button-j`` (motor): 1 where button ``j`` is held, else 0;
     - with ``state``, the game's latent state (:mod:`brainray.gamestate`): ``ship_x``,
       ``ship_present``, ``n_enemies``, ``n_shots``, ``n_bullets``, ``enemy_y`` (object);
-      ``threat``, ``aim``, ``enemy_dx``, ``shot_dx``, ``shots_near`` (relation: the ship and
-      the others); ``reward_ahead``,
+      ``threat``, ``aim`` (relation: the ship and the others); ``reward_ahead``,
       ``loss_ahead`` (anticipation: what happens in the next 1 or 2 s).
 
     The stream is taken to follow a blank (black) screen, so the first frames carry an

@@ -79,14 +79,12 @@ def _state(rng: np.random.Generator, n: int) -> np.ndarray:
     """A synthetic game state (columns of gamestate.OBJECT_VARIABLES): a ship that wanders and
     is sometimes lost, enemy and shot counts that rise and fall, closeness in [0, 1]."""
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    w = _walk(rng, n, 11, 150)
+    w = _walk(rng, n, 8, 150)
     present = (w[:, 1] > -1.2).astype(np.float32)
     cols = {
         "ship_x": sig(w[:, 0]), "ship_present": present, "n_enemies": np.round(np.clip(2 + 1.5 * w[:, 2], 0, None)),
         "n_shots": np.round(np.clip(1 + 1.5 * w[:, 3], 0, None)), "n_bullets": np.round(np.clip(3 + 2 * w[:, 4], 0, None)),
         "enemy_y": sig(w[:, 5]), "threat": sig(w[:, 6]) * present, "aim": sig(w[:, 7]) * present,
-        "enemy_dx": np.tanh(w[:, 8]) * present, "shot_dx": np.tanh(w[:, 9]) * present,
-        "shots_near": np.round(np.clip(w[:, 10], 0, None)) * present,
     }
     return np.stack([cols[v] for v in gamestate.OBJECT_VARIABLES], axis=1).astype(np.float32)
 
