@@ -304,7 +304,8 @@ def test_a_diverging_trial_is_logged_as_error_with_the_reason(tmp_path, tiny_dat
 
 # -- Optuna search and URI storage ---------------------------------------------------------------
 def test_optuna_search_logs_its_trials_with_their_axes(tmp_path, tiny_dataset, ray_cleanup):
-    spec_path = _write_spec(tmp_path, "optuna", axes={"n_embd": [8, 32]}, resources={"max_failures": 0})
+    spec_path = _write_spec(tmp_path, "optuna", train={"epochs": 3}, axes={"n_embd": [8, 32]},
+                            resources={"max_failures": 0})
     # file:// exercises the URI path of Tune, the trial log, TensorBoard and the report.
     root, spec = _run_sweep(spec_path, f"file://{tmp_path}", str(tiny_dataset.root.parent),
                             search="optuna", samples=3)
@@ -320,6 +321,8 @@ def test_optuna_search_logs_its_trials_with_their_axes(tmp_path, tiny_dataset, r
     assert log["data_frames"].between(1200, 2400).all()
     assert (log["n_layer"] == ref["n_layer"]).all() and (log["dtype"] == ref["dtype"]).all()
     assert (local / "tune-optuna").is_dir()
+    # three epochs, three checkpoints each; pruned through the URI's filesystem to the one the final state names
+    assert [len(list(d.glob("checkpoint_*"))) for d in (local / "tune-optuna").glob("trainable_*")] == [1, 1, 1]
     assert (local / "frontier" / "report.html").exists()
     assert list((local / "tensorboard").rglob("events.out.tfevents.*"))
     from brainray import parcels  # per-parcel tables through the URI's filesystem, and the report maps one
