@@ -246,7 +246,6 @@ class CheckpointPruner(tune.Callback):
 
     def __init__(self, experiment: str):
         self.experiment = experiment
-        self.deleted = 0
         self._read: tuple | None = None  # (name, mtime, size) of the state file last pruned against
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
@@ -264,7 +263,8 @@ class CheckpointPruner(tune.Callback):
         if key == self._read:
             return 0
         quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        level, quiet.level = quiet.level, logging.ERROR  # trials with no results yet are no news
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # trials with no results yet are no news
         try:
             saved = ExperimentAnalysis(state.path, storage_filesystem=fs).trials
         except Exception as err:  # caught mid-write: keeping files is always safe
@@ -276,7 +276,6 @@ class CheckpointPruner(tune.Callback):
         for t in saved:
             if t.checkpoint is not None:
                 n += _delete_older(fs, t.storage.trial_fs_path, os.path.basename(t.checkpoint.path))
-        self.deleted += n
         return n
 
 

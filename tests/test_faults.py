@@ -64,13 +64,17 @@ def _assert_one_row_per_trial(root: Path, n: int):
     return log
 
 
-def _checkpoints(root: Path) -> dict[str, int]:
-    """Latest checkpoint index per trial id, read from Tune's folders on storage."""
-    out = {}
-    for ck in (root / "tune").glob("trainable_*/checkpoint_*"):
-        trial_id = "_".join(ck.parent.name.split("_")[1:3])
-        out[trial_id] = max(out.get(trial_id, -1), int(ck.name.split("_")[-1]))
+def _on_disk(root: Path) -> dict[str, list[int]]:
+    """The checkpoint indices per trial id, ascending, read from Tune's folders on storage."""
+    out: dict[str, list[int]] = {}
+    for ck in sorted((root / "tune").glob("trainable_*/checkpoint_*")):
+        out.setdefault("_".join(ck.parent.name.split("_")[1:3]), []).append(int(ck.name.split("_")[-1]))
     return out
+
+
+def _checkpoints(root: Path) -> dict[str, int]:
+    """Latest checkpoint index per trial id."""
+    return {t: have[-1] for t, have in _on_disk(root).items()}
 
 
 def _mid_run(root: Path) -> list[str]:
@@ -210,13 +214,6 @@ def _saved_checkpoints(root: Path) -> dict[str, int]:
     except Exception:  # not written yet, or caught mid-write
         return {}
     return {t.trial_id: int(t.checkpoint.path.rsplit("_", 1)[-1]) for t in trials if t.checkpoint is not None}
-
-
-def _on_disk(root: Path) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for ck in sorted((root / "tune").glob("trainable_*/checkpoint_*")):
-        out.setdefault("_".join(ck.parent.name.split("_")[1:3]), []).append(int(ck.name.split("_")[-1]))
-    return out
 
 
 def test_a_killed_driver_resumes_from_the_checkpoint_its_saved_state_names(tmp_path, tiny_dataset):
